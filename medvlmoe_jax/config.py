@@ -1,0 +1,141 @@
+"""Default configuration, size presets and validation.
+
+Every config file starts from `defaults()` and changes values; `validate()` rejects keys
+that the defaults don't know (a typo must not silently train the wrong model).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+from ml_collections import config_dict
+
+VISION_PRESETS = {
+    # openai/clip-vit-large-patch14 vision tower.
+    "vit_l14": dict(width=1024, layers=24, heads=16, mlp_dim=4096, patch_size=14, image_size=224),
+    "tiny": dict(width=64, layers=2, heads=4, mlp_dim=128, patch_size=8, image_size=32),
+}
+TEXT_PRESETS = {
+    # microsoft/biogpt.
+    "biogpt": dict(width=1024, layers=24, heads=16, ffn_dim=4096, vocab_size=42384,
+                   max_positions=1024),
+    "tiny": dict(width=64, layers=2, heads=4, ffn_dim=128, vocab_size=256, max_positions=64),
+}
+HEAD_PRESETS = {
+    "full": dict(dim=512, heads=8, moe_hidden=2048),
+    "tiny": dict(dim=64, heads=4, moe_hidden=128),
+}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # --- data ---------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"            # synthetic | medmnist (more in data_prep/, issue 5)
+  c.data.path = config_dict.placeholder(str)
+  c.data.task = "multilabel"           # multilabel | multiclass | ordinal
+  c.data.image_size = 224
+  c.data.text_max_len = 32
+  c.data.tokenizer = "word"            # word (no download) | biogpt
+  c.data.tokenizer_path = config_dict.placeholder(str)
+  c.data.batch_size = 32
+  c.data.eval_batch_size = 64
+  c.data.worker_count = 0
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      num_train=2048, num_val=512, num_test=512, num_classes=6, seed=1234))
+
+  # --- model --------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = "bfloat16"           # compute dtype; params stay float32
+  c.model.num_classes = 14
+  c.model.vision_only = False
+  c.model.init_from = config_dict.placeholder(str)
+  c.model.vision = ml_collections.ConfigDict(dict(
+      VISION_PRESETS["vit_l14"], channels=3, layer_norm_eps=1e-5))
+  c.model.text = ml_collections.ConfigDict(dict(
+      TEXT_PRESETS["biogpt"], enabled=True, scale_embedding=True, layer_norm_eps=1e-5))
+  c.model.fusion = ml_collections.ConfigDict(dict(
+      enabled=True, dim=512, heads=8, layers=1, gate="modality", max_text_len=64))
+  c.model.moe = ml_collections.ConfigDict(dict(
+      enabled=True, num_experts=8, top_k=2, hidden=2048, residual=True, granularity="sample",
+      alpha=0.01))
+  c.model.moe.capacity_factor = config_dict.placeholder(float)   # None = dropless
+
+  # --- optimisation -------------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  # (group, regex on the parameter path); the first match wins.
+  c.optim.groups = (("encoder", r"^(vision|text)/"), ("head", r".*"))
+  c.optim.lr = ml_collections.ConfigDict(dict(encoder=3e-5, head=1e-4))
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.1
+  # No decay on biases, norms, position tables, class token and modality vectors.
+  c.optim.no_decay = r"(bias|/b1|/b2|/scale|position|class_embedding|modality_type)$"
+  c.optim.grad_clip = 1.0
+  c.optim.loss_scale = ml_collections.ConfigDict(dict(initial=2.0**15, growth_interval=2000))
+
+  # --- training loop ------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 100
+  c.train.warmup_epochs = 10
+  c.train.max_steps = config_dict.placeholder(int)   # stop early (tests, smoke runs)
+  c.train.eval_every_epochs = 1.0
+  c.train.log_every_steps = 50
+  c.train.patience = 15                # evaluations without a better val mean AUC
+  c.train.keep_checkpoints = 2         # latest ones kept, besides the best
+
+  c.eval = ml_collections.ConfigDict(dict(n_boot=1000, seed=0))
+  return c
+
+
+def apply_size(config: ml_collections.ConfigDict, vision: str, text: str, head: str) -> None:
+  """Set the encoder and head sizes from the presets above."""
+  config.model.vision.update(VISION_PRESETS[vision])
+  config.model.text.update(TEXT_PRESETS[text])
+  h = HEAD_PRESETS[head]
+  config.model.fusion.dim, config.model.fusion.heads = h["dim"], h["heads"]
+  config.model.moe.hidden = h["moe_hidden"]
+
+
+def _flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  keys = set()
+  for k, v in c.items():
+    keys.add(prefix + k)
+    if isinstance(v, ml_collections.ConfigDict):
+      keys |= _flat_keys(v, prefix + k + ".")
+  return keys
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raise ConfigError naming every key the defaults don't have, with near matches."""
+  known = _flat_keys(defaults())
+  unknown = sorted(_flat_keys(config) - known)
+  if unknown:
+    hints = []
+    for key in unknown:
+      close = difflib.get_close_matches(key, known, n=1)
+      hints.append(f"  {key}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ConfigError("unknown config key(s):\n" + "\n".join(hints))
+  m = config.model
+  checks = [
+      (m.fusion.gate in ("modality", "feature", "none"), f"model.fusion.gate={m.fusion.gate!r}"),
+      (m.moe.granularity in ("sample", "token"), f"model.moe.granularity={m.moe.granularity!r}"),
+      (config.data.task in ("multilabel", "multiclass", "ordinal"), f"data.task={config.data.task!r}"),
+      (m.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={m.dtype!r}"),
+      (m.moe.capacity_factor is None or m.moe.capacity_factor > 0,
+       f"model.moe.capacity_factor={m.moe.capacity_factor!r} must be > 0 or None"),
+      (config.data.image_size == m.vision.image_size,
+       f"data.image_size={config.data.image_size} != model.vision.image_size={m.vision.image_size}"),
+      (config.data.text_max_len <= m.fusion.max_text_len,
+       f"data.text_max_len={config.data.text_max_len} > model.fusion.max_text_len={m.fusion.max_text_len}"),
+  ]
+  bad = [msg for ok, msg in checks if not ok]
+  if bad:
+    raise ConfigError("invalid config value(s):\n  " + "\n  ".join(bad))

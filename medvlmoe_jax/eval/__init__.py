@@ -1,0 +1,1 @@
+"""Metrics (AUC, bootstrap CI) and evaluation of a trained workdir."""

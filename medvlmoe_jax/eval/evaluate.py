@@ -1,0 +1,27 @@
+"""Predictions over a split and their report; shared by training and `launch/eval.py`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medvlmoe_jax.data.pipeline import eval_batches
+from medvlmoe_jax.eval import metrics
+
+
+def predict(eval_fn, params, arrays: dict, batch_size: int) -> dict[str, np.ndarray]:
+  """Runs the jitted eval step over a split; returns probs (N, C) and, if routed per
+  example, expert_index (N, k)."""
+  outputs: dict[str, list] = {}
+  for batch in eval_batches(arrays, batch_size):
+    valid = batch.pop("valid")
+    out = eval_fn(params, batch)
+    for k, v in out.items():
+      outputs.setdefault(k, []).append(np.asarray(v)[valid])
+  return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def report(arrays: dict, probs: np.ndarray, class_names, groups=None, n_boot: int = 1000,
+           seed: int = 0) -> dict:
+  return metrics.classification_report(arrays["labels"], probs, class_names,
+                                       mask=arrays["label_mask"], groups=groups,
+                                       n_boot=n_boot, seed=seed)

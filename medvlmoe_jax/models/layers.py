@@ -1,0 +1,104 @@
+"""Building blocks shared by the CLIP vision stream, the BioGPT text stream and the fusion.
+
+Attribute names follow Hugging Face (`q_proj`, `out_proj`, `fc1`, ...) so that weight
+conversion is a renaming, not a reinterpretation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """CLIP's activation: x * sigmoid(1.702 x)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, as torch.nn.GELU() and BioGPT compute it."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": gelu,
+}
+
+
+def dense(d_in: int, d_out: int, *, dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=_INIT, rngs=rngs)
+
+
+def layer_norm(width: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Flax computes the statistics in float32 even when `dtype` is bfloat16.
+  return nnx.LayerNorm(width, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def embedding_table(rows: int, width: int, rngs: nnx.Rngs) -> nnx.Param:
+  return nnx.Param(_INIT(rngs.params(), (rows, width), jnp.float32))
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with separate q/k/v/out projections (HF layout).
+
+  `mask` is boolean, broadcastable to (B, heads, Lq, Lk), True where attention is allowed.
+  Logits and softmax run in float32 whatever the compute dtype. A query row with every key
+  masked attends uniformly, as HF's additive-minimum masks do.
+  """
+
+  def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs):
+    if width % heads:
+      raise ValueError(f"width {width} is not divisible by heads {heads}")
+    self.heads = heads
+    self.dtype = dtype
+    self.q_proj = dense(width, width, dtype=dtype, rngs=rngs)
+    self.k_proj = dense(width, width, dtype=dtype, rngs=rngs)
+    self.v_proj = dense(width, width, dtype=dtype, rngs=rngs)
+    self.out_proj = dense(width, width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, kv: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    kv = x if kv is None else kv
+    batch, q_len, width = x.shape
+    head_dim = width // self.heads
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, head_dim)
+    q = split(self.q_proj(x)) * (1.0 / math.sqrt(head_dim))
+    k = split(self.k_proj(kv))
+    v = split(self.v_proj(kv))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, q_len, width)
+    return self.out_proj(out)
+
+
+class MLP(nnx.Module):
+  """fc1 -> activation -> fc2."""
+
+  def __init__(self, width: int, hidden: int, activation: str, *, dtype, rngs: nnx.Rngs):
+    self.activation = activation
+    self.fc1 = dense(width, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = dense(hidden, width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
+
+
+def last_token_index(attention_mask: jax.Array) -> jax.Array:
+  """Index of the last non-padding position per row (works for left or right padding)."""
+  positions = jnp.arange(attention_mask.shape[1])
+  return jnp.max(jnp.where(attention_mask > 0, positions, 0), axis=1)
+
+
+def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x[b, index[b]] for x of shape (B, L, D)."""
+  return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]

@@ -1,0 +1,1 @@
+"""Sparse mixture of experts: routing (who goes where), dispatch (how), the layer (params)."""

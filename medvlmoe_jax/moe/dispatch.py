@@ -1,0 +1,101 @@
+"""Sending routed tokens to experts and combining their outputs.
+
+Two dispatchers over the same stacked expert weights `(K, ...)`:
+- `dispatch_dropless`: sort the (token, expert) assignments by expert and run a grouped
+  matmul (`jax.lax.ragged_dot`); no token is ever dropped and no FLOP is spent on padding.
+- `dispatch_with_capacity`: GShard one-hot dispatch/combine tensors with a fixed number of
+  slots per expert; the first choices of all tokens are served before any second choice, and
+  assignments past the capacity are dropped (counted, and contribute zero).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from medvlmoe_jax.models.layers import gelu
+
+
+class ExpertParams(NamedTuple):
+  """Stacked weights of K two-layer experts: Linear(w->h) -> GELU -> Linear(h->w)."""
+  w1: jax.Array  # (K, w, h)
+  b1: jax.Array  # (K, h)
+  w2: jax.Array  # (K, h, w)
+  b2: jax.Array  # (K, w)
+
+
+def compute_capacity(num_tokens: int, num_experts: int, top_k: int,
+                     capacity_factor: float) -> int:
+  """GShard capacity: ceil(top_k * tokens / experts * capacity_factor) slots per expert."""
+  return max(1, math.ceil(top_k * num_tokens / num_experts * capacity_factor))
+
+
+def capacity_positions(expert_index: jax.Array, valid: jax.Array, num_experts: int,
+                       capacity: int) -> tuple[jax.Array, jax.Array]:
+  """Slot of each assignment in its expert's buffer, and whether it fits.
+
+  Priority: choice 0 of every token (in token order), then choice 1, ... Invalid tokens
+  take no slot. Returns (position (T, k) int32, kept (T, k) bool).
+  """
+  num_tokens, k = expert_index.shape
+  flat = expert_index.T.reshape(-1)                        # choice-major order
+  flat_valid = jnp.tile(valid, k)
+  onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32) * flat_valid[:, None]
+  position = (jnp.cumsum(onehot, axis=0) - 1)              # (k*T, K)
+  position = jnp.take_along_axis(position, flat[:, None], axis=1)[:, 0]
+  kept = flat_valid & (position < capacity)
+  return position.reshape(k, num_tokens).T.astype(jnp.int32), kept.reshape(k, num_tokens).T
+
+
+def expert_forward(params: ExpertParams, x: jax.Array) -> jax.Array:
+  """All experts on their own slot buffers: x (K, C, w) -> (K, C, w)."""
+  dtype = x.dtype
+  h = jnp.einsum("kcw,kwh->kch", x, params.w1.astype(dtype)) + params.b1.astype(dtype)[:, None]
+  h = gelu(h)
+  return jnp.einsum("kch,khw->kcw", h, params.w2.astype(dtype)) + params.b2.astype(dtype)[:, None]
+
+
+def dispatch_with_capacity(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
+                           weights: jax.Array, valid: jax.Array,
+                           capacity: int) -> tuple[jax.Array, jax.Array]:
+  """Einsum dispatch/combine with `capacity` slots per expert. Returns (y, dropped count)."""
+  num_experts = params.w1.shape[0]
+  position, kept = capacity_positions(expert_index, valid, num_experts, capacity)
+  # (T, k, K) x (T, k, C) -> (T, K, C); a kept assignment occupies exactly one slot.
+  expert_onehot = jax.nn.one_hot(expert_index, num_experts, dtype=jnp.float32)
+  slot_onehot = jax.nn.one_hot(jnp.where(kept, position, capacity), capacity, dtype=jnp.float32)
+  dispatch = jnp.einsum("tke,tkc->tec", expert_onehot, slot_onehot)
+  combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot, weights.astype(jnp.float32))
+  expert_in = jnp.einsum("tec,tw->ecw", dispatch.astype(x.dtype), x)
+  expert_out = expert_forward(params, expert_in)
+  y = jnp.einsum("tec,ecw->tw", combine.astype(x.dtype), expert_out)
+  dropped = jnp.sum(valid[:, None] & ~kept)
+  return y, dropped
+
+
+def dispatch_dropless(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
+                      weights: jax.Array, valid: jax.Array) -> jax.Array:
+  """Every valid assignment is computed: sort by expert, grouped matmul, scatter-add back."""
+  num_tokens, k = expert_index.shape
+  num_experts = params.w1.shape[0]
+  dtype = x.dtype
+  flat_expert = jnp.where(jnp.repeat(valid, k), expert_index.reshape(-1), num_experts)
+  flat_token = jnp.repeat(jnp.arange(num_tokens), k)
+  flat_weight = weights.reshape(-1)
+  order = jnp.argsort(flat_expert, stable=True)
+  sorted_expert = flat_expert[order]
+  sorted_token = flat_token[order]
+  # Invalid assignments sort last, beyond sum(group_sizes): ragged_dot leaves them at zero.
+  group_sizes = jnp.bincount(flat_expert, length=num_experts + 1)[:num_experts].astype(jnp.int32)
+  bias_row = jnp.minimum(sorted_expert, num_experts - 1)
+  in_group = (sorted_expert < num_experts)[:, None]
+  xs = x[sorted_token]
+  h = jax.lax.ragged_dot(xs, params.w1.astype(dtype), group_sizes)
+  h = gelu(h + params.b1.astype(dtype)[bias_row])
+  ys = jax.lax.ragged_dot(h, params.w2.astype(dtype), group_sizes)
+  ys = ys + params.b2.astype(dtype)[bias_row]
+  ys = jnp.where(in_group, ys * flat_weight[order].astype(dtype)[:, None], 0)
+  return jnp.zeros_like(x).at[sorted_token].add(ys)

@@ -1,0 +1,70 @@
+"""A deliberately naive MoE in NumPy: Python loops over tokens and experts.
+
+It is the executable specification the tests compare the vectorised routing and dispatch
+against; never used in training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _gelu(x):
+  return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def naive_moe(x, router_kernel, w1, b1, w2, b2, valid=None, top_k=2, capacity=None,
+              alpha=0.01):
+  """Returns dict(y, expert_index, weights, probs, dropped, load_balance_loss)."""
+  x = np.asarray(x, np.float64)
+  num_tokens, _ = x.shape
+  num_experts = w1.shape[0]
+  valid = np.ones(num_tokens, bool) if valid is None else np.asarray(valid, bool)
+  probs = np.zeros((num_tokens, num_experts))
+  expert_index = np.zeros((num_tokens, top_k), np.int64)
+  weights = np.zeros((num_tokens, top_k))
+  for t in range(num_tokens):
+    logits = x[t] @ np.asarray(router_kernel, np.float64)
+    e = np.exp(logits - logits.max())
+    probs[t] = e / e.sum()
+    ranked = sorted(range(num_experts), key=lambda j: (-probs[t, j], j))[:top_k]
+    expert_index[t] = ranked
+    z = sum(probs[t, j] for j in ranked)
+    weights[t] = [probs[t, j] / z for j in ranked]
+
+  # Slots: first choices of all tokens in token order, then second choices, ...
+  used = [0] * num_experts
+  kept = np.zeros((num_tokens, top_k), bool)
+  for choice in range(top_k):
+    for t in range(num_tokens):
+      if not valid[t]:
+        continue
+      e = expert_index[t, choice]
+      if capacity is None or used[e] < capacity:
+        used[e] += 1
+        kept[t, choice] = True
+  dropped = int(sum(1 for t in range(num_tokens) for c in range(top_k)
+                    if valid[t] and not kept[t, c]))
+
+  y = np.zeros_like(x)
+  for t in range(num_tokens):
+    for choice in range(top_k):
+      if not kept[t, choice]:
+        continue
+      e = expert_index[t, choice]
+      h = _gelu(x[t] @ np.asarray(w1[e], np.float64) + b1[e])
+      y[t] += weights[t, choice] * (h @ np.asarray(w2[e], np.float64) + b2[e])
+
+  n_valid = max(int(valid.sum()), 1)
+  f = np.zeros(num_experts)
+  p_mean = np.zeros(num_experts)
+  for t in range(num_tokens):
+    if valid[t]:
+      for choice in range(top_k):
+        f[expert_index[t, choice]] += 1.0 / (top_k * n_valid)
+      p_mean += probs[t] / n_valid
+  lb = alpha * num_experts * float(np.sum(f * p_mean))
+  return dict(y=y, expert_index=expert_index, weights=weights, probs=probs, dropped=dropped,
+              load_balance_loss=lb)

@@ -1,0 +1,1 @@
+"""Losses, optimizer, train state, checkpoints and the training loop."""

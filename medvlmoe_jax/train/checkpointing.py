@@ -1,0 +1,67 @@
+"""Orbax checkpoints of the train state, the data iterator and the early-stopping record.
+
+Writes are atomic (Orbax renames a finished temporary directory), so a run killed at any
+moment leaves the previous checkpoints intact. The latest `keep` checkpoints are kept for
+resuming, and the one with the best validation mean AUC is kept whatever its age.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+BEST_METRIC = "val_mean_auc"
+
+
+def _best_metric(metrics) -> float:
+  value = metrics.get(BEST_METRIC)
+  return float("-inf") if value is None else float(value)
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    policy = pp.AnyPreservationPolicy([
+        pp.LatestN(n=keep),
+        pp.BestN(get_metric_fn=_best_metric, reverse=True, n=1),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=False, create=not read_only,
+        read_only=read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "trainer"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, data_state: dict, trainer: dict, metrics: dict | None = None):
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        trainer=ocp.args.JsonSave(trainer)), metrics=metrics, force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, step: int, target_state):
+    """Returns (state, data_state, trainer); `target_state` fixes structure and shardings."""
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                              f"(have {self.all_steps()})")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=ocp.args.JsonRestore(),
+        trainer=ocp.args.JsonRestore()))
+    return out["state"], out["data"], out["trainer"]
+
+  def read_trainer(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(trainer=ocp.args.JsonRestore()))["trainer"]
+
+  def close(self):
+    self.manager.close()

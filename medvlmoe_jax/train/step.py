@@ -1,0 +1,75 @@
+"""The train state and the two jitted steps (train, eval) as pure functions of it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from medvlmoe_jax.train import losses
+from medvlmoe_jax.train.loss_scale import DynamicLossScale, all_finite
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any                          # nnx.State of the model's nnx.Param variables
+  opt_state: Any
+  loss_scale: DynamicLossScale | None = None
+
+
+def forward(graphdef, params, batch):
+  model = nnx.merge(graphdef, params)
+  return model(batch["image"], batch.get("input_ids"), batch.get("attention_mask"))
+
+
+def loss_fn(params, graphdef, batch, task: str, scale):
+  logits, aux = forward(graphdef, params, batch)
+  cls = losses.classification_loss(logits, batch["labels"], batch["label_mask"], task)
+  balance = aux.get("load_balance_loss", jnp.zeros((), jnp.float32))
+  total = cls + balance
+  stats = {"classification_loss": cls, "load_balance_loss": balance,
+           "dropped_tokens": aux.get("dropped_tokens", jnp.zeros((), jnp.int32))}
+  return total * scale, (total, stats)
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
+               task: str, schedules: dict):
+  scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1.0)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  grads, (loss, stats) = grad_fn(state.params, graphdef, batch, task, scale)
+  grads = jax.tree.map(lambda g: g / scale, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  loss_scale = state.loss_scale
+  if loss_scale is not None:   # float16: skip a step whose gradients overflowed
+    finite = all_finite(grads)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    loss_scale = loss_scale.update(finite)
+    stats["loss_scale"] = loss_scale.scale
+  metrics = dict(stats, loss=loss, grad_norm=optax.global_norm(grads),
+                 **{f"lr_{k}": s(state.step) for k, s in schedules.items()})
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            loss_scale=loss_scale)
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef, task: str):
+  """Probabilities plus routing decisions, for metrics and the routing heatmap."""
+  logits, aux = forward(graphdef, params, batch)
+  out = {"probs": losses.probabilities(logits, task)}
+  if "expert_index" in aux and aux["expert_index"].shape[0] == logits.shape[0]:
+    out["expert_index"] = aux["expert_index"]
+  return out
+
+
+def jit_steps(graphdef, tx, task, schedules):
+  train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task,
+                                    schedules=schedules), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task))
+  return train, evaluate

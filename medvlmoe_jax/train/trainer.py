@@ -1,0 +1,176 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, resumable at any checkpoint.
+
+config -> data -> model -> optimizer -> jitted step -> loop (log, evaluate, early-stop,
+checkpoint) -> best checkpoint -> test report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from medvlmoe_jax import config as config_lib
+from medvlmoe_jax.data import pipeline
+from medvlmoe_jax.eval import evaluate, metrics as metrics_lib
+from medvlmoe_jax.models.medvlmoe import build_model
+from medvlmoe_jax.train import optimizer as optim_lib
+from medvlmoe_jax.train.checkpointing import BEST_METRIC, Checkpointer
+from medvlmoe_jax.train.loss_scale import DynamicLossScale
+from medvlmoe_jax.train.metric_writer import MetricWriter
+from medvlmoe_jax.train.step import TrainState, jit_steps
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run (or an evaluation of one) needs, built from the config alone."""
+  config: ml_collections.ConfigDict
+  data: pipeline.Dataset
+  graphdef: object
+  state: TrainState
+  tx: object
+  schedules: dict
+  steps_per_epoch: int
+  total_steps: int
+  param_counts: dict
+
+  def jitted(self):
+    return jit_steps(self.graphdef, self.tx, self.config.data.task, self.schedules)
+
+
+def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  config_lib.validate(config)
+  data = pipeline.load_dataset(config)
+  if config.model.text.enabled and data.vocab_size > config.model.text.vocab_size:
+    raise config_lib.ConfigError(f"the tokenizer has {data.vocab_size} tokens but "
+                                 f"model.text.vocab_size={config.model.text.vocab_size}")
+  model = build_model(config.model, seed=config.seed)
+  graphdef, params = nnx.split(model, nnx.Param)
+  counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in params.items()}
+  steps_per_epoch = len(data.splits["train"]["labels"]) // config.data.batch_size
+  total = max(int(round(config.train.epochs * steps_per_epoch)), 1)
+  if config.train.max_steps is not None:
+    total = min(total, config.train.max_steps)
+  schedules = optim_lib.schedules(config.optim, steps_per_epoch, config.train.epochs,
+                                  config.train.warmup_epochs)
+  tx = optim_lib.make_optimizer(config.optim, params, schedules)
+  loss_scale = None
+  if config.model.dtype == "float16":
+    loss_scale = DynamicLossScale.create(config.optim.loss_scale.initial,
+                                         config.optim.loss_scale.growth_interval)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     loss_scale=loss_scale)
+  return Experiment(config, data, graphdef, state, tx, schedules, steps_per_epoch, total, counts)
+
+
+def _check_finite(rows: list[dict], last_good: int | None):
+  for row in rows:
+    if not math.isfinite(row["loss"]):
+      raise NonFiniteLossError(
+          f"non-finite loss ({row['loss']}) at step {row['step']}; stopping. The last good "
+          f"checkpoint (step {last_good}) was not overwritten.")
+
+
+def _evaluate(exp: Experiment, eval_fn, params, split: str) -> tuple[dict, dict]:
+  arrays = exp.data.splits[split]
+  out = evaluate.predict(eval_fn, params, arrays, exp.config.data.eval_batch_size)
+  rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
+                        n_boot=exp.config.eval.n_boot, seed=exp.config.eval.seed)
+  return rep, out
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str):
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  exp = create_experiment(config)
+  save_config(config, workdir)
+  log.info("parameters: %s (total %d)", exp.param_counts, sum(exp.param_counts.values()))
+  train_fn, eval_fn = exp.jitted()
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+  train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
+                                       seed=config.seed, worker_count=config.data.worker_count)
+  state = exp.state
+  trainer = {"best_auc": None, "best_step": None, "bad_evals": 0, "stopped": False}
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state, trainer = ckpt.restore(start, state)
+    train_iter.set_state(data_state)
+    log.info("resumed from checkpoint step %d", start)
+  writer = MetricWriter(workdir)
+  eval_every = max(1, int(round(config.train.eval_every_epochs * exp.steps_per_epoch)))
+  log_every = max(1, config.train.log_every_steps)
+  step = int(state.step)
+  pending: list[tuple[int, dict]] = []
+  t0, n0 = time.time(), step
+
+  bar = tqdm(total=exp.total_steps, initial=step, disable=not sys.stderr.isatty(),
+             desc="train", dynamic_ncols=True)
+  while step < exp.total_steps and not trainer["stopped"]:
+    batch = next(train_iter)
+    state, m = train_fn(state, batch)
+    step += 1
+    pending.append((step, m))
+    bar.update(1)
+    is_eval = step % eval_every == 0 or step == exp.total_steps
+    if step % log_every == 0 or is_eval:
+      host = jax.device_get(pending)
+      rows = [dict({k: float(v) for k, v in mm.items()}, step=s) for s, mm in host]
+      _check_finite(rows, ckpt.latest_step())
+      mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
+      rate = (step - n0) * config.data.batch_size / max(time.time() - t0, 1e-9)
+      writer.write(step, mean, split="train", examples_per_sec=rate)
+      bar.set_postfix(loss=f"{mean['loss']:.4f}")
+      log.info("step %d/%d loss %.4f (cls %.4f, balance %.4f) %.1f ex/s", step,
+               exp.total_steps, mean["loss"], mean["classification_loss"],
+               mean["load_balance_loss"], rate)
+      pending, t0, n0 = [], time.time(), step
+    if is_eval:
+      rep, _ = _evaluate(exp, eval_fn, state.params, "val")
+      auc = rep["mean_auc"]
+      writer.write(step, {BEST_METRIC: auc}, split="val")
+      log.info("step %d val mean AUC %.4f", step, auc)
+      if trainer["best_auc"] is None or auc > trainer["best_auc"]:
+        trainer.update(best_auc=auc, best_step=step, bad_evals=0)
+      else:
+        trainer["bad_evals"] += 1
+        if trainer["bad_evals"] >= config.train.patience:
+          trainer["stopped"] = True
+          log.info("early stopping: no better val mean AUC for %d evaluations",
+                   config.train.patience)
+      ckpt.save(step, state, train_iter.get_state(), trainer, metrics={BEST_METRIC: auc})
+  bar.close()
+
+  best = trainer["best_step"]
+  if best is None:
+    raise RuntimeError("training ended without an evaluation; nothing to test")
+  best_state, _, _ = ckpt.restore(best, state)
+  rep, _ = _evaluate(exp, eval_fn, best_state.params, "test")
+  rep.update(split="test", checkpoint_step=best)
+  with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+    json.dump(rep, f, indent=2)
+  writer.write(step, {"test_mean_auc": rep["mean_auc"]}, split="test", checkpoint_step=best)
+  print(metrics_lib.format_table(rep))
+  writer.close()
+  ckpt.close()
+  return rep

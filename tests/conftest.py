@@ -1,0 +1,25 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture
+def demo_config():
+  """The demo config, shrunk so that a training run takes seconds."""
+  sys.path.insert(0, ROOT)
+  from configs import demo
+  c = demo.get_config()
+  c.data.synthetic.num_train = 256
+  c.data.synthetic.num_val = 64
+  c.data.synthetic.num_test = 64
+  c.data.batch_size = 32
+  c.data.eval_batch_size = 64
+  c.eval.n_boot = 20
+  c.train.epochs = 2
+  c.train.warmup_epochs = 1
+  c.train.log_every_steps = 1
+  return c

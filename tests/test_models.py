@@ -1,0 +1,112 @@
+"""The full model: shapes, switches, and the size presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medvlmoe_jax import config as config_lib
+from medvlmoe_jax.models.medvlmoe import build_model, count_params
+
+
+def tiny_model_config(**overrides):
+  c = config_lib.defaults()
+  config_lib.apply_size(c, "tiny", "tiny", "tiny")
+  c.model.dtype = "float32"
+  c.model.num_classes = 5
+  for key, value in overrides.items():
+    node = c.model
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c.model
+
+
+def inputs(batch=3, length=7):
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
+  ids = jnp.asarray(rng.integers(2, 200, (batch, length)), jnp.int32)
+  mask = np.ones((batch, length), np.int32)
+  mask[1, 4:] = 0      # right padding
+  mask[2, 2:] = 0
+  return image, ids, jnp.asarray(mask)
+
+
+SWITCHES = [
+    {},
+    {"fusion.gate": "feature"},
+    {"fusion.gate": "none"},
+    {"moe.residual": False},
+    {"moe.granularity": "token"},
+    {"moe.capacity_factor": 1.0},
+    {"moe.granularity": "token", "moe.capacity_factor": 0.5},
+    {"moe.enabled": False},
+    {"fusion.enabled": False},
+    {"text.enabled": False},
+    {"vision_only": True},
+    {"fusion.layers": 2},
+]
+
+
+@pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_forward_every_switch(overrides):
+  model = build_model(tiny_model_config(**overrides))
+  image, ids, mask = inputs()
+  logits, aux = model(image, ids, mask)
+  assert logits.shape == (3, 5) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(logits)))
+  if overrides.get("moe.enabled", True) and not overrides.get("vision_only"):
+    assert 0.0 < float(aux["load_balance_loss"]) < 0.01 * 8 + 1e-6
+
+
+def test_padding_does_not_change_the_prediction():
+  """Extra padding after the text must not change any output (masks everywhere)."""
+  for granularity in ("sample", "token"):
+    model = build_model(tiny_model_config(**{"moe.granularity": granularity}))
+    image, ids, mask = inputs()
+    logits, _ = model(image, ids, mask)
+    ids_long = jnp.concatenate([ids, jnp.full((3, 5), 7, jnp.int32)], axis=1)
+    mask_long = jnp.concatenate([mask, jnp.zeros((3, 5), jnp.int32)], axis=1)
+    logits_long, _ = model(image, ids_long, mask_long)
+    np.testing.assert_allclose(logits, logits_long, atol=1e-5)
+
+
+def test_text_changes_the_prediction():
+  model = build_model(tiny_model_config())
+  image, ids, mask = inputs()
+  a, _ = model(image, ids, mask)
+  b, _ = model(image, ids.at[:, 0].set(3), mask)
+  assert np.max(np.abs(np.asarray(a - b))) > 1e-4
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = build_model(tiny_model_config(dtype="bfloat16"))
+  image, ids, mask = inputs()
+  logits, _ = model(image, ids, mask)
+  from flax import nnx
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert logits.dtype == jnp.float32
+  ref, _ = build_model(tiny_model_config())(image, ids, mask)
+  np.testing.assert_allclose(logits, ref, atol=0.1)
+
+
+@pytest.mark.slow
+def test_full_size_model_forward_batch_1():
+  """ViT-L/14 + BioGPT + 8 experts: one forward pass on CPU; parameter counts printed."""
+  c = config_lib.defaults()
+  c.model.dtype = "float32"
+  model = build_model(c.model)
+  from flax import nnx
+  params = nnx.state(model, nnx.Param)
+  counts = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in params.items()}
+  print("parameter counts:", {k: f"{v / 1e6:.1f}M" for k, v in counts.items()},
+        f"total {sum(counts.values()) / 1e6:.1f}M")
+  assert 300e6 < counts["vision"] < 306e6      # CLIP ViT-L/14 vision tower: 303.2M
+  assert 344e6 < counts["text"] < 350e6        # BioGPT: 346.8M
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.normal(size=(1, 224, 224, 3)), jnp.float32)
+  ids = jnp.asarray(rng.integers(2, 42000, (1, 16)), jnp.int32)
+  logits, aux = nnx.jit(lambda m, *a: m(*a))(model, image, ids, jnp.ones((1, 16), jnp.int32))
+  assert logits.shape == (1, 14) and np.all(np.isfinite(np.asarray(logits)))
+  assert aux["expert_index"].shape == (1, 2)
