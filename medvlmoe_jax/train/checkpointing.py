@@ -16,9 +16,11 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 BEST_METRIC = "val_mean_auc"
 
 
-def _best_metric(metrics) -> float:
+def _best_metric(metrics) -> tuple[float, int]:
+  """Higher AUC first; among equal AUCs the earliest step, as the trainer's early stopping
+  (which needs a strict improvement) counts it."""
   value = metrics.get(BEST_METRIC)
-  return float("-inf") if value is None else float(value)
+  return (float("-inf") if value is None else float(value), -int(metrics.get("step", 0)))
 
 
 class Checkpointer:
@@ -27,7 +29,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(n=keep),
-        pp.BestN(get_metric_fn=_best_metric, reverse=True, n=1),
+        pp.BestN(get_metric_fn=_best_metric, n=1),  # ascending: keeps the highest,
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=False, create=not read_only,
@@ -45,7 +47,8 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
-        trainer=ocp.args.JsonSave(trainer)), metrics=metrics, force=True)
+        trainer=ocp.args.JsonSave(trainer)),
+        metrics=None if metrics is None else dict(metrics, step=step), force=True)
     self.manager.wait_until_finished()
 
   def restore(self, step: int, target_state):
