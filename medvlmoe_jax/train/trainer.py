@@ -62,6 +62,10 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     raise config_lib.ConfigError(f"the tokenizer has {data.vocab_size} tokens but "
                                  f"model.text.vocab_size={config.model.text.vocab_size}")
   model = build_model(config.model, seed=config.seed)
+  if config.model.init_from:
+    from medvlmoe_jax.convert.encoders import init_from
+    loaded = init_from(model, config.model.init_from, config.model)
+    log.info("encoders %s initialised from %s", loaded, config.model.init_from)
   graphdef, params = nnx.split(model, nnx.Param)
   counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in params.items()}
   steps_per_epoch = len(data.splits["train"]["labels"]) // config.data.batch_size
