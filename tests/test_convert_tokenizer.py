@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from medvlmoe_jax.convert.tokenizer import fairseq_ids, write_biogpt_tokenizer
@@ -179,3 +180,18 @@ def test_missing_file_is_named(tmp_path, missing):
   with pytest.raises(FileNotFoundError, match=re.escape(paths[missing])):
     write_biogpt_tokenizer(paths["dict.txt"], paths["bpecodes"], str(out))
   assert not out.exists()
+
+
+def test_convert_builds_tokenizer_for_the_data_pipeline(tmp_path, release):
+  """launch/convert.py --tokenizer_release -> the pipeline's BioGptTokenizer (fixed length,
+  right padding, sentence token = last real position)."""
+  from medvlmoe_jax.convert.encoders import convert
+  from medvlmoe_jax.data.tokenizers import BioGptTokenizer
+  convert(str(tmp_path / "out"), tokenizer_release=RELEASE)
+  tok = BioGptTokenizer(str(tmp_path / "out"))
+  assert tok.vocab_size == 42384
+  ids, mask = tok(["A 58-year-old male patient, PA view.", "Cough."], max_len=16)
+  assert ids.shape == (2, 16) and ids.dtype == np.int32
+  assert mask[0].sum() > mask[1].sum() > 0
+  assert np.all(ids[mask == 0] == 1)            # <pad>
+  assert ids[0, 0] == 2 and ids[1, 0] == 2      # </s> first, as fairseq's LM

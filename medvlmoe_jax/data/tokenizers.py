@@ -38,10 +38,17 @@ class WordTokenizer:
 
 
 class BioGptTokenizer:
-  """transformers' BioGptTokenizer (Moses + BPE) from a local directory or hub id."""
+  """transformers' BioGptTokenizer (Moses + BPE) from a local directory or hub id.
+
+  `path` may also be a `launch/convert.py` output directory (its `tokenizer/` is used).
+  """
 
   def __init__(self, path: str):
+    import os
+
     from transformers import BioGptTokenizer as _Tok
+    if os.path.isdir(os.path.join(path, "tokenizer")):
+      path = os.path.join(path, "tokenizer")
     self._tok = _Tok.from_pretrained(path)
 
   @property
