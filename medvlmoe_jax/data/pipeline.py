@@ -16,11 +16,10 @@ import ml_collections
 import numpy as np
 
 from medvlmoe_jax.data import medmnist, synthetic
+from medvlmoe_jax.data.preprocess import CLIP_MEAN, CLIP_STD
 from medvlmoe_jax.data.splits import Split
 from medvlmoe_jax.data.tokenizers import BioGptTokenizer, WordTokenizer
 
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 @dataclasses.dataclass
