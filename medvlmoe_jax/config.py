@@ -64,6 +64,10 @@ def defaults() -> ml_collections.ConfigDict:
       alpha=0.01))
   c.model.moe.capacity_factor = config_dict.placeholder(float)   # None = dropless
 
+  # --- devices (DESIGN.md §3) ---------------------------------------------------------
+  # -1: expert = the largest device count dividing the experts, data = the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, expert=-1))
+
   # --- optimisation -------------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   # (group, regex on the parameter path); the first match wins.

@@ -3,6 +3,10 @@ import sys
 
 import pytest
 
+# tests/multidevice needs 8 simulated devices, set before JAX starts: test_multidevice.py
+# runs it in a subprocess.
+collect_ignore = [] if os.environ.get("MEDVLMOE_MULTIDEVICE") else ["multidevice"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 

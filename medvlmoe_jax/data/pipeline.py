@@ -80,18 +80,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   return Dataset(encoded, names, {k: v.groups for k, v in splits.items()}, tokenizer.vocab_size)
 
 
-class _ArraySource(grain.sources.RandomAccessDataSource):
-  """Random access over a dict of equal-length arrays."""
-
-  def __init__(self, arrays: dict[str, np.ndarray]):
-    self._arrays = arrays
-    self._len = len(next(iter(arrays.values())))
-
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, i):
-    return {k: v[i] for k, v in self._arrays.items()}
+def _gather(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+  return {k: v[index] for k, v in arrays.items()}
 
 
 def normalize(batch: dict) -> dict:
@@ -101,29 +91,40 @@ def normalize(batch: dict) -> dict:
   return batch
 
 
+def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+  if global_batch % process_count:
+    raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
+  local = global_batch // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
 def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                   worker_count: int = 0) -> grain.DatasetIterator:
-  if len(next(iter(arrays.values()))) < batch_size:
-    raise ValueError(f"the training split is smaller than one batch ({batch_size})")
-  ds = (grain.MapDataset.source(_ArraySource(arrays))
+                   worker_count: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Global batches of shuffled indices (the same on every process); each process loads only
+  its contiguous rows, so the global batch does not depend on the number of processes."""
+  n = len(next(iter(arrays.values())))
+  if n < batch_size:
+    raise ValueError(f"the training split ({n}) is smaller than one batch ({batch_size})")
+  rows = _local_rows(batch_size, process_index, process_count)
+  ds = (grain.MapDataset.range(n)
         .shuffle(seed=seed)
         .repeat(None)
         .batch(batch_size, drop_remainder=True)
-        .map(normalize))
+        .map(lambda index: normalize(_gather(arrays, np.asarray(index)[rows]))))
   it = ds.to_iter_dataset()
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(it)
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict]:
-  """Fixed-size batches in order; the last is padded and `valid` marks the real rows."""
-  ds = grain.MapDataset.source(_ArraySource(arrays)).batch(batch_size, drop_remainder=False)
-  for batch in ds:
-    real = len(batch["image"])
-    pad = batch_size - real
-    if pad:
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}
-    batch = normalize(batch)
-    batch["valid"] = np.arange(batch_size) < real
-    yield batch
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[dict, np.ndarray]]:
+  """(this process's rows, global valid mask) per fixed-size batch, in order; the last batch
+  is padded by repeating its final row."""
+  n = len(next(iter(arrays.values())))
+  rows = _local_rows(batch_size, process_index, process_count)
+  for start in range(0, n, batch_size):
+    index = np.minimum(np.arange(start, start + batch_size), n - 1)
+    valid = np.arange(start, start + batch_size) < n
+    yield normalize(_gather(arrays, index[rows])), valid

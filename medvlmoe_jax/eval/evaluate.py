@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+
+from medvlmoe_jax import sharding
 
 from medvlmoe_jax.data.pipeline import eval_batches
 from medvlmoe_jax.eval import metrics
 
 
-def predict(eval_fn, params, arrays: dict, batch_size: int) -> dict[str, np.ndarray]:
+def predict(eval_fn, params, arrays: dict, batch_size: int, mesh) -> dict[str, np.ndarray]:
   """Runs the jitted eval step over a split; returns probs (N, C) and, if routed per
-  example, expert_index (N, k)."""
+  example, expert_index (N, k), complete on every process."""
   outputs: dict[str, list] = {}
-  for batch in eval_batches(arrays, batch_size):
-    valid = batch.pop("valid")
-    out = eval_fn(params, batch)
+  for local, valid in eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+    out = sharding.to_host(eval_fn(params, sharding.put_batch(local, mesh)))
     for k, v in out.items():
       outputs.setdefault(k, []).append(np.asarray(v)[valid])
   return {k: np.concatenate(v) for k, v in outputs.items()}

@@ -52,7 +52,7 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
   state, _, _ = ckpt.restore(step, exp.state)
   _, eval_fn = exp.jitted()
   arrays = exp.data.splits[split]
-  out = evaluate.predict(eval_fn, state.params, arrays, config.data.eval_batch_size)
+  out = evaluate.predict(eval_fn, state.params, arrays, config.data.eval_batch_size, exp.mesh)
   rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
                         n_boot=config.eval.n_boot, seed=config.eval.seed)
   rep.update(split=split, checkpoint_step=step)

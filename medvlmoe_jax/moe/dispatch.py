@@ -58,21 +58,27 @@ def expert_forward(params: ExpertParams, x: jax.Array) -> jax.Array:
   return jnp.einsum("kch,khw->kcw", h, params.w2.astype(dtype)) + params.b2.astype(dtype)[:, None]
 
 
+def slot_tensors(expert_index: jax.Array, weights: jax.Array, valid: jax.Array,
+                 num_experts: int, capacity: int):
+  """GShard one-hot tensors: dispatch (T, K, C) in {0, 1}, combine (T, K, C) with the routing
+  weights, and the number of valid assignments dropped for lack of a slot."""
+  position, kept = capacity_positions(expert_index, valid, num_experts, capacity)
+  expert_onehot = jax.nn.one_hot(expert_index, num_experts, dtype=jnp.float32)
+  slot_onehot = jax.nn.one_hot(jnp.where(kept, position, capacity), capacity, dtype=jnp.float32)
+  dispatch = jnp.einsum("tke,tkc->tec", expert_onehot, slot_onehot)
+  combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot, weights.astype(jnp.float32))
+  return dispatch, combine, jnp.sum(valid[:, None] & ~kept)
+
+
 def dispatch_with_capacity(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
                            weights: jax.Array, valid: jax.Array,
                            capacity: int) -> tuple[jax.Array, jax.Array]:
   """Einsum dispatch/combine with `capacity` slots per expert. Returns (y, dropped count)."""
   num_experts = params.w1.shape[0]
-  position, kept = capacity_positions(expert_index, valid, num_experts, capacity)
-  # (T, k, K) x (T, k, C) -> (T, K, C); a kept assignment occupies exactly one slot.
-  expert_onehot = jax.nn.one_hot(expert_index, num_experts, dtype=jnp.float32)
-  slot_onehot = jax.nn.one_hot(jnp.where(kept, position, capacity), capacity, dtype=jnp.float32)
-  dispatch = jnp.einsum("tke,tkc->tec", expert_onehot, slot_onehot)
-  combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot, weights.astype(jnp.float32))
+  dispatch, combine, dropped = slot_tensors(expert_index, weights, valid, num_experts, capacity)
   expert_in = jnp.einsum("tec,tw->ecw", dispatch.astype(x.dtype), x)
   expert_out = expert_forward(params, expert_in)
   y = jnp.einsum("tec,ecw->tw", combine.astype(x.dtype), expert_out)
-  dropped = jnp.sum(valid[:, None] & ~kept)
   return y, dropped
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medvlmoe_jax.models.layers import MLP
-from medvlmoe_jax.moe import dispatch, routing
+from medvlmoe_jax.moe import dispatch, expert_parallel, routing
 
 _INIT = nnx.initializers.normal(stddev=0.02)
 
@@ -16,7 +16,8 @@ class SparseMoE(nnx.Module):
   """K experts (stacked weights), a float32 router and Top-k dispatch.
 
   Expert weights are stacked on a leading `K` axis so that expert parallelism is a sharding
-  of that axis. `__call__` takes tokens (T, w) and a validity mask (T,) and returns
+  of that axis: traced under a mesh of more than one device (`jax.set_mesh`), dispatch runs
+  in `shard_map` with `all_to_all` (see `expert_parallel`); otherwise on one device. `__call__` takes tokens (T, w) and a validity mask (T,) and returns
   (y, aux) where aux holds the load-balance loss, the dropped-assignment count and the
   routing decisions for analysis.
   """
@@ -43,7 +44,11 @@ class SparseMoE(nnx.Module):
     probs = routing.router_probabilities(x, self.router[...])
     expert_index, weights = routing.top_k_routing(probs, self.top_k)
     x = x.astype(self.dtype)
-    if self.capacity_factor is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+      y, dropped = expert_parallel.dispatch_expert_parallel(
+          self.experts(), x, expert_index, weights, valid, capacity_factor=self.capacity_factor)
+    elif self.capacity_factor is None:
       y = dispatch.dispatch_dropless(self.experts(), x, expert_index, weights, valid)
       dropped = jnp.zeros((), jnp.int32)
     else:

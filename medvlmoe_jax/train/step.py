@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from medvlmoe_jax import sharding
 from medvlmoe_jax.train import losses
 from medvlmoe_jax.train.loss_scale import DynamicLossScale, all_finite
 
@@ -68,8 +69,22 @@ def eval_step(params, batch, *, graphdef, task: str):
   return out
 
 
-def jit_steps(graphdef, tx, task, schedules):
+def jit_steps(graphdef, tx, task, schedules, mesh, state_shardings):
+  """The two steps, compiled for `mesh`: the state keeps its shardings across steps (and is
+  donated), batches arrive split over ('data', 'expert'). Tracing happens under the mesh so
+  that the MoE layer dispatches with shard_map when the mesh has several devices."""
+  batch = sharding.batch_sharding(mesh)
   train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task,
-                                    schedules=schedules), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task))
-  return train, evaluate
+                                    schedules=schedules),
+                  in_shardings=(state_shardings, batch), out_shardings=(state_shardings, None),
+                  donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
+                     in_shardings=(state_shardings.params, batch), out_shardings=batch)
+
+  def under_mesh(fn):
+    @functools.wraps(fn)
+    def call(*args):
+      with jax.set_mesh(mesh):
+        return fn(*args)
+    return call
+  return under_mesh(train), under_mesh(evaluate)

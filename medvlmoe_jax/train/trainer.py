@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from medvlmoe_jax import config as config_lib
+from medvlmoe_jax import sharding
 from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.eval import evaluate, metrics as metrics_lib
 from medvlmoe_jax.models.medvlmoe import build_model
@@ -50,13 +51,19 @@ class Experiment:
   steps_per_epoch: int
   total_steps: int
   param_counts: dict
+  mesh: jax.sharding.Mesh
+  state_shardings: object
 
   def jitted(self):
-    return jit_steps(self.graphdef, self.tx, self.config.data.task, self.schedules)
+    return jit_steps(self.graphdef, self.tx, self.config.data.task, self.schedules, self.mesh,
+                     self.state_shardings)
 
 
-def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
   config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh, config.model.moe.num_experts, devices)
+  sharding.check_batch(config.data.batch_size, mesh, "data.batch_size")
+  sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   data = pipeline.load_dataset(config)
   if config.model.text.enabled and data.vocab_size > config.model.text.vocab_size:
     raise config_lib.ConfigError(f"the tokenizer has {data.vocab_size} tokens but "
@@ -81,7 +88,10 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                          config.optim.loss_scale.growth_interval)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      loss_scale=loss_scale)
-  return Experiment(config, data, graphdef, state, tx, schedules, steps_per_epoch, total, counts)
+  shardings = sharding.tree_shardings(mesh, state)
+  state = jax.device_put(state, shardings)
+  return Experiment(config, data, graphdef, state, tx, schedules, steps_per_epoch, total, counts,
+                    mesh, shardings)
 
 
 def _check_finite(rows: list[dict], last_good: int | None):
@@ -94,7 +104,7 @@ def _check_finite(rows: list[dict], last_good: int | None):
 
 def _evaluate(exp: Experiment, eval_fn, params, split: str) -> tuple[dict, dict]:
   arrays = exp.data.splits[split]
-  out = evaluate.predict(eval_fn, params, arrays, exp.config.data.eval_batch_size)
+  out = evaluate.predict(eval_fn, params, arrays, exp.config.data.eval_batch_size, exp.mesh)
   rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
                         n_boot=exp.config.eval.n_boot, seed=exp.config.eval.seed)
   return rep, out
@@ -105,15 +115,32 @@ def save_config(config: ml_collections.ConfigDict, workdir: str):
     f.write(config.to_json_best_effort(indent=2))
 
 
+def write_summary(exp: Experiment, workdir: str) -> dict:
+  summary = dict(sharding.describe(exp.mesh, exp.state.params),
+                 parameters=exp.param_counts, total_parameters=sum(exp.param_counts.values()))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(f"mesh {summary['mesh']} over {summary['num_devices']} devices "
+          f"({summary['process_count']} processes); parameters {summary['total_parameters']:,}")
+    for path, shard in summary["expert_shards"].items():
+      print(f"  {path}: global {shard['global']} -> per device {shard['per_device']}")
+  return summary
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   exp = create_experiment(config)
-  save_config(config, workdir)
-  log.info("parameters: %s (total %d)", exp.param_counts, sum(exp.param_counts.values()))
+  main_process = jax.process_index() == 0
+  if main_process:
+    save_config(config, workdir)
+  write_summary(exp, workdir)
   train_fn, eval_fn = exp.jitted()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
-                                       seed=config.seed, worker_count=config.data.worker_count)
+                                       seed=config.seed, worker_count=config.data.worker_count,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
   state = exp.state
   trainer = {"best_auc": None, "best_step": None, "bad_evals": 0, "stopped": False}
   start = ckpt.latest_step()
@@ -121,17 +148,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, data_state, trainer = ckpt.restore(start, state)
     train_iter.set_state(data_state)
     log.info("resumed from checkpoint step %d", start)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir) if main_process else None
   eval_every = max(1, int(round(config.train.eval_every_epochs * exp.steps_per_epoch)))
   log_every = max(1, config.train.log_every_steps)
   step = int(state.step)
   pending: list[tuple[int, dict]] = []
   t0, n0 = time.time(), step
 
-  bar = tqdm(total=exp.total_steps, initial=step, disable=not sys.stderr.isatty(),
+  bar = tqdm(total=exp.total_steps, initial=step, disable=not (main_process and sys.stderr.isatty()),
              desc="train", dynamic_ncols=True)
   while step < exp.total_steps and not trainer["stopped"]:
-    batch = next(train_iter)
+    batch = sharding.put_batch(next(train_iter), exp.mesh)
     state, m = train_fn(state, batch)
     step += 1
     pending.append((step, m))
@@ -143,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       _check_finite(rows, ckpt.latest_step())
       mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
       rate = (step - n0) * config.data.batch_size / max(time.time() - t0, 1e-9)
-      writer.write(step, mean, split="train", examples_per_sec=rate)
+      if writer:
+        writer.write(step, mean, split="train", examples_per_sec=rate)
       bar.set_postfix(loss=f"{mean['loss']:.4f}")
       log.info("step %d/%d loss %.4f (cls %.4f, balance %.4f) %.1f ex/s", step,
                exp.total_steps, mean["loss"], mean["classification_loss"],
@@ -152,9 +180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_eval:
       rep, _ = _evaluate(exp, eval_fn, state.params, "val")
       auc = rep["mean_auc"]
-      writer.write(step, {BEST_METRIC: auc}, split="val")
+      if writer:
+        writer.write(step, {BEST_METRIC: auc}, split="val")
       log.info("step %d val mean AUC %.4f", step, auc)
-      if trainer["best_auc"] is None or auc > trainer["best_auc"]:
+      if auc is not None and (trainer["best_auc"] is None or auc > trainer["best_auc"]):
         trainer.update(best_auc=auc, best_step=step, bad_evals=0)
       else:
         trainer["bad_evals"] += 1
@@ -171,10 +200,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best_state, _, _ = ckpt.restore(best, state)
   rep, _ = _evaluate(exp, eval_fn, best_state.params, "test")
   rep.update(split="test", checkpoint_step=best)
-  with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
-    json.dump(rep, f, indent=2)
-  writer.write(step, {"test_mean_auc": rep["mean_auc"]}, split="test", checkpoint_step=best)
-  print(metrics_lib.format_table(rep))
-  writer.close()
+  if writer:
+    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+      json.dump(rep, f, indent=2)
+    writer.write(step, {"test_mean_auc": rep["mean_auc"]}, split="test", checkpoint_step=best)
+    print(metrics_lib.format_table(rep))
+    writer.close()
   ckpt.close()
   return rep

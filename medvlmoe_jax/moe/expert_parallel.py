@@ -1,0 +1,86 @@
+"""Expert-parallel dispatch: tokens travel to their experts' devices with all_to_all.
+
+Inside `jax.shard_map` every device holds T/n tokens (the batch is split over ('data',
+'expert')) and K/E experts (E = size of 'expert'). Each device is one capacity group: it
+packs its tokens into (K, C, w) slot buffers, `all_to_all` over 'expert' sends each
+device the slots of its own experts from every device in its 'data' row, the local experts
+run, and a second `all_to_all` brings the outputs back to be combined (GShard / V-MoE).
+
+Dropless mode uses C = T/n, so no token can be dropped (an expert is chosen at most once per
+token). With E = 1 nothing needs to move, and the sorted grouped-matmul dispatcher runs on
+the local tokens. `grouped_capacity_reference` is the single-device computation with the
+same groups, which the sharded one must equal.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from medvlmoe_jax.models.layers import gelu
+from medvlmoe_jax.moe import dispatch
+from medvlmoe_jax.moe.dispatch import ExpertParams
+
+AXES = ("data", "expert")
+
+
+def _local_experts(params: ExpertParams, x: jax.Array) -> jax.Array:
+  """x (sources, K_local, C, w) through this device's experts."""
+  dtype = x.dtype
+  h = jnp.einsum("skcw,kwh->skch", x, params.w1.astype(dtype)) + params.b1.astype(dtype)[None, :, None]
+  h = gelu(h)
+  return jnp.einsum("skch,khw->skcw", h, params.w2.astype(dtype)) + params.b2.astype(dtype)[None, :, None]
+
+
+def _local_capacity(tokens_local: int, num_experts: int, top_k: int, capacity_factor):
+  if capacity_factor is None:
+    return tokens_local
+  return dispatch.compute_capacity(tokens_local, num_experts, top_k, capacity_factor)
+
+
+def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, valid, *,
+                             capacity_factor: float | None, mesh=None):
+  """(y (T, w), dropped) for tokens split over the current mesh's ('data', 'expert')."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
+  n_expert, n_total = mesh.shape["expert"], mesh.size
+  if x.shape[0] % n_total:
+    raise ValueError(f"{x.shape[0]} routed tokens cannot be split over {n_total} devices; "
+                     "make the batch size a multiple of the device count")
+  tokens_local = x.shape[0] // n_total
+  capacity = _local_capacity(tokens_local, num_experts, top_k, capacity_factor)
+
+  def local(params, x, expert_index, weights, valid):
+    if n_expert == 1 and capacity_factor is None:
+      y = dispatch.dispatch_dropless(params, x, expert_index, weights, valid)
+      return y, jnp.zeros((), jnp.int32)
+    d, c, dropped = dispatch.slot_tensors(expert_index, weights, valid, num_experts, capacity)
+    buffers = jnp.einsum("tec,tw->ecw", d.astype(x.dtype), x)
+    buffers = buffers.reshape(n_expert, num_experts // n_expert, capacity, x.shape[-1])
+    if n_expert > 1:
+      buffers = jax.lax.all_to_all(buffers, "expert", 0, 0)   # axis 0: destination -> source
+    out = _local_experts(params, buffers)
+    if n_expert > 1:
+      out = jax.lax.all_to_all(out, "expert", 0, 0)           # axis 0: source -> expert group
+    out = out.reshape(num_experts, capacity, x.shape[-1])
+    y = jnp.einsum("tec,ecw->tw", c.astype(x.dtype), out)
+    return y, jax.lax.psum(dropped, AXES).astype(jnp.int32)
+
+  spec = P(AXES)
+  expert_spec = ExpertParams(P("expert"), P("expert"), P("expert"), P("expert"))
+  return jax.shard_map(local, mesh=mesh, in_specs=(expert_spec, spec, spec, spec, spec),
+                       out_specs=(spec, P()))(params, x, expert_index, weights, valid)
+
+
+def grouped_capacity_reference(params: ExpertParams, x, expert_index, weights, valid, *,
+                               num_groups: int, capacity_factor: float | None):
+  """Single-device twin of the sharded dispatch: contiguous token groups, capacity per group."""
+  num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
+  tokens_local = x.shape[0] // num_groups
+  capacity = _local_capacity(tokens_local, num_experts, top_k, capacity_factor)
+  split = lambda a: a.reshape(num_groups, tokens_local, *a.shape[1:])
+  ys, dropped = jax.vmap(
+      lambda x, e, w, v: dispatch.dispatch_with_capacity(params, x, e, w, v, capacity))(
+          split(x), split(expert_index), split(weights), split(valid))
+  return ys.reshape(x.shape), jnp.sum(dropped)
