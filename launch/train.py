@@ -4,6 +4,10 @@
       [--config.train.epochs=5 --config.model.dtype=float32 ...]
 
 A workdir that already holds checkpoints is resumed from the latest one.
+
+Several processes (hosts): on SLURM nothing is needed (see launch/slurm/train.sbatch);
+elsewhere give every process the same --coordinator_address and --num_processes and its
+own --process_id.
 """
 
 import logging
@@ -11,16 +15,21 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from medvlmoe_jax import distributed
 from medvlmoe_jax.train.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax logs every file it writes
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir = _WORKDIR.value or "runs/" + flags.FLAGS["config"].value.split("/")[-1].rsplit(".", 1)[0]
   train_and_evaluate(_CONFIG.value, workdir)
 

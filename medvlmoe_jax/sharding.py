@@ -59,6 +59,17 @@ def check_batch(batch_size: int, mesh: Mesh, what: str) -> None:
     raise ValueError(f"{what}={batch_size} is not divisible by the {mesh.size} devices of the mesh")
 
 
+def process_rows(mesh: Mesh, global_batch: int) -> slice:
+  """The contiguous rows of a global batch that this process's devices hold."""
+  index = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  starts = [i[0].start or 0 for i in index.values()]
+  stops = [global_batch if i[0].stop is None else i[0].stop for i in index.values()]
+  rows = slice(min(starts), max(stops))
+  if sum(b - a for a, b in set(zip(starts, stops))) != rows.stop - rows.start:
+    raise ValueError("this process's batch rows are not contiguous on the mesh")
+  return rows
+
+
 def put_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Process-local rows -> global arrays split over ('data', 'expert')."""
   sharding = batch_sharding(mesh)

@@ -91,22 +91,15 @@ def normalize(batch: dict) -> dict:
   return batch
 
 
-def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
-  if global_batch % process_count:
-    raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
-  local = global_batch // process_count
-  return slice(process_index * local, (process_index + 1) * local)
-
-
 def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                   worker_count: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
+                   worker_count: int = 0, rows: slice | None = None) -> grain.DatasetIterator:
   """Global batches of shuffled indices (the same on every process); each process loads only
-  its contiguous rows, so the global batch does not depend on the number of processes."""
+  its `rows` (see `sharding.process_rows`), so the global batch does not depend on the
+  number of processes."""
   n = len(next(iter(arrays.values())))
   if n < batch_size:
     raise ValueError(f"the training split ({n}) is smaller than one batch ({batch_size})")
-  rows = _local_rows(batch_size, process_index, process_count)
+  rows = slice(None) if rows is None else rows
   ds = (grain.MapDataset.range(n)
         .shuffle(seed=seed)
         .repeat(None)
@@ -118,12 +111,12 @@ def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
   return iter(it)
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[tuple[dict, np.ndarray]]:
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int,
+                 rows: slice | None = None) -> Iterator[tuple[dict, np.ndarray]]:
   """(this process's rows, global valid mask) per fixed-size batch, in order; the last batch
   is padded by repeating its final row."""
   n = len(next(iter(arrays.values())))
-  rows = _local_rows(batch_size, process_index, process_count)
+  rows = slice(None) if rows is None else rows
   for start in range(0, n, batch_size):
     index = np.minimum(np.arange(start, start + batch_size), n - 1)
     valid = np.arange(start, start + batch_size) < n

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from medvlmoe_jax import sharding
@@ -15,7 +14,8 @@ def predict(eval_fn, params, arrays: dict, batch_size: int, mesh) -> dict[str, n
   """Runs the jitted eval step over a split; returns probs (N, C) and, if routed per
   example, expert_index (N, k), complete on every process."""
   outputs: dict[str, list] = {}
-  for local, valid in eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+  rows = sharding.process_rows(mesh, batch_size)
+  for local, valid in eval_batches(arrays, batch_size, rows):
     out = sharding.to_host(eval_fn(params, sharding.put_batch(local, mesh)))
     for k, v in out.items():
       outputs.setdefault(k, []).append(np.asarray(v)[valid])

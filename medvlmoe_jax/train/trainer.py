@@ -139,8 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
                                        seed=config.seed, worker_count=config.data.worker_count,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+                                       rows=sharding.process_rows(exp.mesh, config.data.batch_size))
   state = exp.state
   trainer = {"best_auc": None, "best_step": None, "bad_evals": 0, "stopped": False}
   start = ckpt.latest_step()
