@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from medvlmoe_jax.models.layers import gelu
+from medvlmoe_jax.moe.grouped_matmul import block_matmul
 
 
 class ExpertParams(NamedTuple):
@@ -82,26 +83,70 @@ def dispatch_with_capacity(params: ExpertParams, x: jax.Array, expert_index: jax
   return y, dropped
 
 
-def dispatch_dropless(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
-                      weights: jax.Array, valid: jax.Array) -> jax.Array:
-  """Every valid assignment is computed: sort by expert, grouped matmul, scatter-add back."""
+def _sort_assignments(expert_index, valid, num_experts):
+  """Flat (token, choice) assignments sorted by expert; invalid ones last (key K)."""
   num_tokens, k = expert_index.shape
-  num_experts = params.w1.shape[0]
-  dtype = x.dtype
   flat_expert = jnp.where(jnp.repeat(valid, k), expert_index.reshape(-1), num_experts)
-  flat_token = jnp.repeat(jnp.arange(num_tokens), k)
-  flat_weight = weights.reshape(-1)
   order = jnp.argsort(flat_expert, stable=True)
-  sorted_expert = flat_expert[order]
-  sorted_token = flat_token[order]
-  # Invalid assignments sort last, beyond sum(group_sizes): ragged_dot leaves them at zero.
   group_sizes = jnp.bincount(flat_expert, length=num_experts + 1)[:num_experts].astype(jnp.int32)
+  token = jnp.repeat(jnp.arange(num_tokens), k)[order]
+  return order, flat_expert[order], token, group_sizes
+
+
+def _grouped_mlp_ragged(params: ExpertParams, xs, sorted_expert, group_sizes):
+  """Grouped matmuls with `jax.lax.ragged_dot` (fast on GPU/TPU; slow on CPU)."""
+  num_experts = params.w1.shape[0]
+  dtype = xs.dtype
   bias_row = jnp.minimum(sorted_expert, num_experts - 1)
-  in_group = (sorted_expert < num_experts)[:, None]
-  xs = x[sorted_token]
   h = jax.lax.ragged_dot(xs, params.w1.astype(dtype), group_sizes)
   h = gelu(h + params.b1.astype(dtype)[bias_row])
-  ys = jax.lax.ragged_dot(h, params.w2.astype(dtype), group_sizes)
-  ys = ys + params.b2.astype(dtype)[bias_row]
-  ys = jnp.where(in_group, ys * flat_weight[order].astype(dtype)[:, None], 0)
-  return jnp.zeros_like(x).at[sorted_token].add(ys)
+  return jax.lax.ragged_dot(h, params.w2.astype(dtype), group_sizes) + params.b2.astype(dtype)[bias_row]
+
+
+def _grouped_mlp_blocked(params: ExpertParams, xs, sorted_expert, group_sizes):
+  """Grouped matmuls as a loop over fixed-size row blocks, each belonging to one expert.
+
+  Each expert's rows are padded to a multiple of the block size; blocks past the last
+  expert's rows are skipped. Costs at most K partial blocks over the ideal FLOPs.
+  """
+  num_rows, width = xs.shape
+  num_experts = params.w1.shape[0]
+  block = int(max(8, min(128, 2 ** math.ceil(math.log2(max(num_rows / num_experts, 1))))))
+  padded_sizes = (group_sizes + block - 1) // block * block
+  padded_end = jnp.cumsum(padded_sizes)
+  group_start = jnp.cumsum(group_sizes) - group_sizes
+  in_group = sorted_expert < num_experts
+  expert = jnp.minimum(sorted_expert, num_experts - 1)
+  rank = jnp.arange(num_rows) - group_start[expert]
+  capacity_rows = (num_rows + block - 1) // block * block + num_experts * block
+  dest = jnp.where(in_group, padded_end[expert] - padded_sizes[expert] + rank, capacity_rows)
+  buffer = jnp.zeros((capacity_rows, width), xs.dtype).at[dest].set(xs, mode="drop")
+  num_blocks = capacity_rows // block
+  block_expert = jnp.minimum(
+      jnp.searchsorted(padded_end, jnp.arange(num_blocks) * block, side="right"), num_experts - 1)
+  used = jnp.arange(num_blocks) * block < padded_end[-1]
+  dtype = xs.dtype
+  blocks = buffer.reshape(num_blocks, block, width)
+  h = block_matmul(blocks, params.w1.astype(dtype), block_expert, used)
+  h = gelu(h + params.b1.astype(dtype)[block_expert][:, None])
+  out = block_matmul(h, params.w2.astype(dtype), block_expert, used)
+  out = out + params.b2.astype(dtype)[block_expert][:, None]
+  return out.reshape(capacity_rows, width).at[dest].get(mode="fill", fill_value=0)
+
+
+def dispatch_dropless(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
+                      weights: jax.Array, valid: jax.Array, impl: str | None = None) -> jax.Array:
+  """Every valid assignment is computed: sort by expert, grouped matmuls, scatter-add back.
+
+  `impl`: 'ragged' (`jax.lax.ragged_dot`, the default on accelerators) or 'blocked' (a loop
+  over expert-pure row blocks, the default on CPU, where ragged_dot computes every group
+  densely).
+  """
+  num_experts = params.w1.shape[0]
+  impl = impl or ("blocked" if jax.default_backend() == "cpu" else "ragged")
+  order, sorted_expert, sorted_token, group_sizes = _sort_assignments(expert_index, valid, num_experts)
+  xs = x[sorted_token]
+  grouped = {"ragged": _grouped_mlp_ragged, "blocked": _grouped_mlp_blocked}[impl]
+  ys = grouped(params, xs, sorted_expert, group_sizes)
+  w = jnp.where(sorted_expert < num_experts, weights.reshape(-1)[order], 0).astype(x.dtype)
+  return jnp.zeros_like(x).at[sorted_token].add(ys * w[:, None])

@@ -53,7 +53,9 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
 
   def local(params, x, expert_index, weights, valid):
     if n_expert == 1 and capacity_factor is None:
-      y = dispatch.dispatch_dropless(params, x, expert_index, weights, valid)
+      # ragged_dot: the blocked CPU kernel's custom VJP is not written for shard_map's
+      # per-axis variance types.
+      y = dispatch.dispatch_dropless(params, x, expert_index, weights, valid, impl="ragged")
       return y, jnp.zeros((), jnp.int32)
     d, c, dropped = dispatch.slot_tensors(expert_index, weights, valid, num_experts, capacity)
     buffers = jnp.einsum("tec,tw->ecw", d.astype(x.dtype), x)
