@@ -34,7 +34,7 @@ def defaults() -> ml_collections.ConfigDict:
 
   # --- data ---------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic"            # synthetic | medmnist (more in data_prep/, issue 5)
+  c.data.name = "synthetic"            # synthetic | medmnist (.npz) | records (data_prep/ output)
   c.data.path = config_dict.placeholder(str)
   c.data.task = "multilabel"           # multilabel | multiclass | ordinal
   c.data.image_size = 224
@@ -43,7 +43,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.tokenizer_path = config_dict.placeholder(str)
   c.data.batch_size = 32
   c.data.eval_batch_size = 64
-  c.data.worker_count = 0
+  c.data.worker_count = 0              # Grain worker processes decoding/augmenting batches
+  # Train-time augmentation; no horizontal flips by default (laterality matters in CXR).
+  c.data.augment = ml_collections.ConfigDict(dict(
+      enabled=False, translate=0.05, brightness=0.1, contrast=0.1, hflip=False))
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_train=2048, num_val=512, num_test=512, num_classes=6, seed=1234))
 
@@ -102,6 +105,54 @@ def apply_size(config: ml_collections.ConfigDict, vision: str, text: str, head: 
   h = HEAD_PRESETS[head]
   config.model.fusion.dim, config.model.fusion.heads = h["dim"], h["heads"]
   config.model.moe.hidden = h["moe_hidden"]
+
+
+def paper_recipe(config: ml_collections.ConfigDict, name: str, num_classes: int, task: str,
+                 image_size: int = 224) -> ml_collections.ConfigDict:
+  """The paper's training recipe on a data_prep output directory (DESIGN.md §2, §4):
+  ViT-L/14 + BioGPT from converted weights, d=512, K=8, Top-2, alpha 0.01, AdamW 3e-5 / 1e-4,
+  weight decay 0.1, 100 epochs with 10 of warmup, batch 32, patience 15, bf16 compute.
+  Every path is a key: --config.data.path, --config.model.init_from, --config.data.tokenizer_path.
+  """
+  c = config
+  c.data.name = "records"
+  c.data.path = f"data/{name}"
+  c.data.task = task
+  c.data.image_size = image_size
+  c.data.text_max_len = 64
+  c.data.tokenizer = "biogpt"
+  c.data.tokenizer_path = "converted/clip_biogpt"
+  c.data.batch_size = 32
+  c.data.eval_batch_size = 64
+  c.data.worker_count = 4
+  c.data.augment.enabled = True
+  c.model.num_classes = num_classes
+  c.model.init_from = "converted/clip_biogpt"
+  c.model.dtype = "bfloat16"
+  c.model.vision.image_size = image_size
+  c.optim.lr.encoder, c.optim.lr.head = 3e-5, 1e-4
+  c.optim.weight_decay = 0.1
+  c.train.epochs, c.train.warmup_epochs, c.train.patience = 100, 10, 15
+  return c
+
+
+def small_from_scratch(config: ml_collections.ConfigDict, image_size: int) -> None:
+  """Tiny encoders trained from scratch at low resolution, the full fusion + MoE head; no
+  converted weights or BioGPT tokenizer needed (CPU-sized runs)."""
+  apply_size(config, "tiny", "tiny", "tiny")
+  config.model.init_from = None
+  config.data.tokenizer = "word"
+  config.data.tokenizer_path = None
+  config.data.image_size = config.model.vision.image_size = image_size
+  config.model.vision.patch_size = 7 if image_size % 7 == 0 else 8
+  config.data.text_max_len = 24
+  config.model.fusion.max_text_len = 32
+  config.model.dtype = "float32"
+  config.data.worker_count = 0
+  config.optim.lr.encoder = config.optim.lr.head = 1e-3
+  config.optim.weight_decay = 0.01
+  config.train.epochs, config.train.warmup_epochs, config.train.patience = 30, 2, 10
+  config.train.log_every_steps = 10
 
 
 def _flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:

@@ -9,25 +9,92 @@ padded to a fixed size (with a `valid` mask) so that one compiled eval step serv
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator
 
 import grain
 import ml_collections
 import numpy as np
 
-from medvlmoe_jax.data import medmnist, synthetic
+from medvlmoe_jax.data import medmnist, records, synthetic
 from medvlmoe_jax.data.preprocess import CLIP_MEAN, CLIP_STD
 from medvlmoe_jax.data.splits import Split
 from medvlmoe_jax.data.tokenizers import BioGptTokenizer, WordTokenizer
 
 
 
+class ArraySplit:
+  """An in-memory split (synthetic data, MedMNIST .npz): pre-tokenized arrays."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], groups: np.ndarray | None = None):
+    self.arrays, self.groups = arrays, groups
+
+  def __len__(self) -> int:
+    return len(self.arrays["labels"])
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.arrays["labels"]
+
+  @property
+  def label_mask(self) -> np.ndarray:
+    return self.arrays["label_mask"]
+
+  def gather(self, index: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in self.arrays.items()}
+
+
+class RecordSplit:
+  """A split of ArrayRecord shards (data_prep output): decoded and tokenized on access, in
+  Grain's worker processes when `data.worker_count > 0`."""
+
+  def __init__(self, files: list[str], tokenizer, max_len: int):
+    self.files, self.tokenizer, self.max_len = files, tokenizer, max_len
+    self.source = grain.sources.ArrayRecordDataSource(files)
+    self._meta = None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _read_meta(self):
+    if self._meta is None:   # labels and patients of the whole split, for the metrics
+      examples = [records.decode_example(self.source[i]) for i in range(len(self.source))]
+      self._meta = (np.stack([e["labels"] for e in examples]).astype(np.float32),
+                    np.stack([e["label_mask"] for e in examples]).astype(bool),
+                    np.asarray([e["patient_id"] for e in examples]))
+    return self._meta
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self._read_meta()[0]
+
+  @property
+  def label_mask(self) -> np.ndarray:
+    return self._read_meta()[1]
+
+  @property
+  def groups(self) -> np.ndarray | None:
+    patients = self._read_meta()[2]
+    return patients if np.all(patients != "") else None
+
+  def gather(self, index: np.ndarray) -> dict[str, np.ndarray]:
+    examples = [records.decode_example(self.source[int(i)]) for i in index]
+    ids, mask = self.tokenizer([e["text"] for e in examples], self.max_len)
+    return {"image": np.stack([records.decode_image(e["image"]) for e in examples]),
+            "input_ids": ids, "attention_mask": mask,
+            "labels": np.stack([e["labels"] for e in examples]).astype(np.float32),
+            "label_mask": np.stack([e["label_mask"] for e in examples]).astype(bool)}
+
+
 @dataclasses.dataclass
 class Dataset:
-  splits: dict[str, dict[str, np.ndarray]]   # split -> arrays (see `_encode`)
+  splits: dict[str, ArraySplit | RecordSplit]
   class_names: list[str]
-  groups: dict[str, np.ndarray | None]
   vocab_size: int
+
+  @property
+  def groups(self) -> dict[str, np.ndarray | None]:
+    return {k: v.groups for k, v in self.splits.items()}
 
 
 def make_tokenizer(data_cfg: ml_collections.ConfigDict):
@@ -50,10 +117,9 @@ def _load_splits(config: ml_collections.ConfigDict) -> tuple[dict[str, Split], l
               for k, n in sizes.items()}
     return splits, synthetic.class_names(s.num_classes)
   if d.name == "medmnist":
-    splits = medmnist.load_npz(d.path, d.get("medmnist_name", "medmnist"), d.task,
-                               config.model.num_classes)
+    splits = medmnist.load_npz(d.path, "medmnist", d.task, config.model.num_classes)
     return splits, [str(k) for k in range(config.model.num_classes)]
-  raise ValueError(f"data.name={d.name!r} is not a known dataset ['synthetic', 'medmnist']")
+  raise ValueError(f"data.name={d.name!r} is not a known dataset ['synthetic', 'medmnist', 'records']")
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -64,24 +130,46 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
                    for im in images])
 
 
+def _load_records(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
+  d = config.data
+  if not d.path or not os.path.isdir(d.path):
+    raise FileNotFoundError(f"data.path={d.path!r}: no such prepared data directory")
+  manifest = records.read_manifest(d.path)
+  if manifest["task"] != d.task:
+    raise ValueError(f"{d.path}: the data's task is {manifest['task']!r} but data.task={d.task!r}")
+  if manifest["image_size"] != d.image_size:
+    raise ValueError(f"{d.path}: images were prepared at {manifest['image_size']} px but "
+                     f"data.image_size={d.image_size}")
+  if len(manifest["classes"]) != config.model.num_classes:
+    raise ValueError(f"{d.path}: {len(manifest['classes'])} classes but model.num_classes="
+                     f"{config.model.num_classes}")
+  splits = {}
+  for name, info in manifest["splits"].items():
+    files = [os.path.join(d.path, f) for f in info["files"]]
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+      raise FileNotFoundError(f"{d.path}: manifest.json names missing shard(s) {missing}")
+    splits[name] = RecordSplit(files, tokenizer, d.text_max_len)
+  return Dataset(splits, list(manifest["classes"]), tokenizer.vocab_size)
+
+
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
-  splits, names = _load_splits(config)
   tokenizer = make_tokenizer(config.data)
+  if config.data.name == "records":
+    return _load_records(config, tokenizer)
+  splits, names = _load_splits(config)
   encoded = {}
   for name, split in splits.items():
     ids, mask = tokenizer(split.texts, config.data.text_max_len)
-    encoded[name] = dict(image=_resize(split.images, config.data.image_size), input_ids=ids,
-                         attention_mask=mask, labels=split.labels.astype(np.float32),
-                         label_mask=split.label_mask.astype(bool))
+    encoded[name] = ArraySplit(dict(
+        image=_resize(split.images, config.data.image_size), input_ids=ids,
+        attention_mask=mask, labels=split.labels.astype(np.float32),
+        label_mask=split.label_mask.astype(bool)), split.groups)
   num_classes = splits["train"].labels.shape[1]
   if num_classes != config.model.num_classes:
     raise ValueError(f"the data has {num_classes} classes but model.num_classes="
                      f"{config.model.num_classes}")
-  return Dataset(encoded, names, {k: v.groups for k, v in splits.items()}, tokenizer.vocab_size)
-
-
-def _gather(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-  return {k: v[index] for k, v in arrays.items()}
+  return Dataset(encoded, names, tokenizer.vocab_size)
 
 
 def normalize(batch: dict) -> dict:
@@ -91,33 +179,64 @@ def normalize(batch: dict) -> dict:
   return batch
 
 
-def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                   worker_count: int = 0, rows: slice | None = None) -> grain.DatasetIterator:
+def augment(images: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
+  """Random translation, brightness and contrast (and horizontal flips only if asked: in
+  chest X-rays laterality matters). uint8 in, uint8 out."""
+  out = np.empty_like(images)
+  size = images.shape[1]
+  shift = int(round(cfg.translate * size))
+  for i, image in enumerate(images):
+    if shift:
+      padded = np.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode="edge")
+      dy, dx = rng.integers(0, 2 * shift + 1, 2)
+      image = padded[dy:dy + size, dx:dx + size]
+    if cfg.hflip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    x = image.astype(np.float32)
+    contrast = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
+    brightness = 255.0 * rng.uniform(-cfg.brightness, cfg.brightness)
+    x = (x - x.mean()) * contrast + x.mean() + brightness
+    out[i] = np.clip(x, 0, 255).astype(np.uint8)
+  return out
+
+
+def train_iterator(split, batch_size: int, seed: int, worker_count: int = 0,
+                   rows: slice | None = None, augment_cfg=None) -> grain.DatasetIterator:
   """Global batches of shuffled indices (the same on every process); each process loads only
   its `rows` (see `sharding.process_rows`), so the global batch does not depend on the
-  number of processes."""
-  n = len(next(iter(arrays.values())))
+  number of processes. Augmentation draws from a generator Grain derives from the seed and
+  the batch number, so a resumed run augments exactly as an uninterrupted one."""
+  n = len(split)
   if n < batch_size:
     raise ValueError(f"the training split ({n}) is smaller than one batch ({batch_size})")
   rows = slice(None) if rows is None else rows
+  use_augment = augment_cfg is not None and augment_cfg.enabled
+
+  def load(index, rng):
+    batch = split.gather(np.asarray(index)[rows])
+    if use_augment:
+      batch["image"] = augment(batch["image"], rng, augment_cfg)
+    return batch
+
   ds = (grain.MapDataset.range(n)
         .shuffle(seed=seed)
         .repeat(None)
         .batch(batch_size, drop_remainder=True)
-        .map(lambda index: normalize(_gather(arrays, np.asarray(index)[rows]))))
+        .random_map(load, seed=seed))
   it = ds.to_iter_dataset()
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(it)
+  # Normalise after the workers: uint8 batches cross the process boundary, not 4x float32.
+  return iter(it.map(normalize))
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int,
+def eval_batches(split, batch_size: int,
                  rows: slice | None = None) -> Iterator[tuple[dict, np.ndarray]]:
   """(this process's rows, global valid mask) per fixed-size batch, in order; the last batch
   is padded by repeating its final row."""
-  n = len(next(iter(arrays.values())))
+  n = len(split)
   rows = slice(None) if rows is None else rows
   for start in range(0, n, batch_size):
     index = np.minimum(np.arange(start, start + batch_size), n - 1)
     valid = np.arange(start, start + batch_size) < n
-    yield normalize(_gather(arrays, index[rows])), valid
+    yield normalize(split.gather(index[rows])), valid

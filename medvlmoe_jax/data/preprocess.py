@@ -80,8 +80,20 @@ def _center_crop(image: np.ndarray, crop: int) -> np.ndarray:
   return image[top:top + crop, left:left + crop]
 
 
-def clip_preprocess(image: np.ndarray, size: int = 224, crop: int = 224) -> np.ndarray:
-  """uint8 (H, W, 3) or greyscale (H, W) / (H, W, 1) -> normalised (crop, crop, 3) float32."""
+def resize_and_crop(image: np.ndarray, size: int = 224, crop: int | None = None) -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (crop, crop, 3): CLIP's geometry without the normalisation.
+
+  data_prep stores images this way, so the pipeline's normalisation then gives exactly
+  `clip_preprocess` of the original image.
+  """
+  crop = size if crop is None else crop
+  image = _as_rgb_uint8(image)
+  new_h, new_w = _resized_hw(image.shape[0], image.shape[1], size)
+  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=Image.BICUBIC))
+  return _center_crop(resized, crop)
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
   image = np.asarray(image)
   if image.dtype != np.uint8:
     # HF would guess a range for other dtypes; callers should decide it explicitly.
@@ -92,9 +104,11 @@ def clip_preprocess(image: np.ndarray, size: int = 224, crop: int = 224) -> np.n
     raise ValueError(f"expected (H, W), (H, W, 1) or (H, W, 3), got shape {image.shape}")
   if image.shape[-1] == 1:
     image = np.repeat(image, 3, axis=-1)
-  new_h, new_w = _resized_hw(image.shape[0], image.shape[1], size)
-  # PIL resizes the uint8 image itself (no float round trip), rounding back to uint8.
-  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=Image.BICUBIC))
-  cropped = _center_crop(resized, crop)
+  return image
+
+
+def clip_preprocess(image: np.ndarray, size: int = 224, crop: int = 224) -> np.ndarray:
+  """uint8 (H, W, 3) or greyscale (H, W) / (H, W, 1) -> normalised (crop, crop, 3) float32."""
+  cropped = resize_and_crop(image, size, crop)
   x = (cropped.astype(np.float64) * _RESCALE).astype(np.float32)
   return (x - CLIP_MEAN) / CLIP_STD

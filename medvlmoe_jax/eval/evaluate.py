@@ -10,7 +10,7 @@ from medvlmoe_jax.data.pipeline import eval_batches
 from medvlmoe_jax.eval import metrics
 
 
-def predict(eval_fn, params, arrays: dict, batch_size: int, mesh) -> dict[str, np.ndarray]:
+def predict(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, np.ndarray]:
   """Runs the jitted eval step over a split; returns probs (N, C) and, if routed per
   example, expert_index (N, k), complete on every process."""
   outputs: dict[str, list] = {}
@@ -22,8 +22,11 @@ def predict(eval_fn, params, arrays: dict, batch_size: int, mesh) -> dict[str, n
   return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
-def report(arrays: dict, probs: np.ndarray, class_names, groups=None, n_boot: int = 1000,
-           seed: int = 0) -> dict:
-  return metrics.classification_report(arrays["labels"], probs, class_names,
-                                       mask=arrays["label_mask"], groups=groups,
-                                       n_boot=n_boot, seed=seed)
+def report(arrays, probs: np.ndarray, class_names, groups=None, n_boot: int = 1000,
+           seed: int = 0, task: str = "multilabel") -> dict:
+  rep = metrics.classification_report(arrays.labels, probs, class_names,
+                                      mask=arrays.label_mask, groups=groups,
+                                      n_boot=n_boot, seed=seed)
+  if task in ("multiclass", "ordinal"):   # one-hot labels: top-1 accuracy as well
+    rep["accuracy"] = float(np.mean(np.argmax(probs, -1) == np.argmax(arrays.labels, -1)))
+  return rep

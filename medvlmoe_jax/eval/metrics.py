@@ -151,6 +151,8 @@ def format_table(report: dict) -> str:
     low, high = report["mean_auc_ci95"]
     lines.append("-" * (width + 24))
     lines.append(f"{'mean':<{width}}  {fmt(report['mean_auc']):>6}  [{fmt(low)}, {fmt(high)}]")
+    if report.get("accuracy") is not None:
+        lines.append(f"{'accuracy':<{width}}  {fmt(report['accuracy']):>6}")
     return "\n".join(lines)
 
 

@@ -54,14 +54,15 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
   arrays = exp.data.splits[split]
   out = evaluate.predict(eval_fn, state.params, arrays, config.data.eval_batch_size, exp.mesh)
   rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
-                        n_boot=config.eval.n_boot, seed=config.eval.seed)
+                        n_boot=config.eval.n_boot, seed=config.eval.seed,
+                        task=config.data.task)
   rep.update(split=split, checkpoint_step=step)
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(rep, f, indent=2)
-  np.savez(os.path.join(out_dir, "predictions.npz"), labels=arrays["labels"],
-           label_mask=arrays["label_mask"], **out)
+  np.savez(os.path.join(out_dir, "predictions.npz"), labels=arrays.labels,
+           label_mask=arrays.label_mask, **out)
   rep["table"] = metrics_lib.format_table(rep)
   rep["out_dir"] = out_dir
   return rep

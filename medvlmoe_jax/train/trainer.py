@@ -75,7 +75,7 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
     log.info("encoders %s initialised from %s", loaded, config.model.init_from)
   graphdef, params = nnx.split(model, nnx.Param)
   counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in params.items()}
-  steps_per_epoch = len(data.splits["train"]["labels"]) // config.data.batch_size
+  steps_per_epoch = len(data.splits["train"]) // config.data.batch_size
   total = max(int(round(config.train.epochs * steps_per_epoch)), 1)
   if config.train.max_steps is not None:
     total = min(total, config.train.max_steps)
@@ -106,7 +106,8 @@ def _evaluate(exp: Experiment, eval_fn, params, split: str) -> tuple[dict, dict]
   arrays = exp.data.splits[split]
   out = evaluate.predict(eval_fn, params, arrays, exp.config.data.eval_batch_size, exp.mesh)
   rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
-                        n_boot=exp.config.eval.n_boot, seed=exp.config.eval.seed)
+                        n_boot=exp.config.eval.n_boot, seed=exp.config.eval.seed,
+                        task=exp.config.data.task)
   return rep, out
 
 
@@ -139,7 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
                                        seed=config.seed, worker_count=config.data.worker_count,
-                                       rows=sharding.process_rows(exp.mesh, config.data.batch_size))
+                                       rows=sharding.process_rows(exp.mesh, config.data.batch_size),
+                                       augment_cfg=config.data.augment)
   state = exp.state
   trainer = {"best_auc": None, "best_step": None, "bad_evals": 0, "stopped": False}
   start = ckpt.latest_step()

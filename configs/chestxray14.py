@@ -1,0 +1,19 @@
+"""ChestX-ray14 (NIH), 14 findings; prepare with data_prep/chestxray14.py.
+
+  python launch/train.py --config configs/chestxray14.py --config.data.path=data/chestxray14 \
+      --config.model.init_from=converted/clip_biogpt
+
+The paper's recipe (medvlmoe_jax.config.paper_recipe). `configs/chestxray14.py:small` trains
+tiny encoders from scratch instead (no converted weights needed; for CPUs and smoke tests).
+"""
+
+from medvlmoe_jax import config as config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.paper_recipe(config_lib.defaults(), "chestxray14", num_classes=14, task="multilabel")
+  if arg == "small":
+    config_lib.small_from_scratch(c, image_size=64)
+  elif arg is not None:
+    raise ValueError(f"unknown config argument {arg!r} (known: small)")
+  return c

@@ -1,0 +1,78 @@
+"""Input-pipeline throughput from 512x512 PNG chest X-rays.
+
+Two stages, as the data flows: preparation (decode the 512 px PNG, resize and crop to 224,
+encode the record: `data_prep`), and the training pipeline (read the record, decode, augment,
+tokenize with BioGPT's tokenizer, batch, normalise) with 0 and 2 Grain worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import ml_collections
+import numpy as np
+
+from medvlmoe_jax.data import pipeline, records
+from medvlmoe_jax.data.preprocess import load_image, resize_and_crop
+from medvlmoe_jax.data.tokenizers import BioGptTokenizer
+
+
+def _source_pngs(shared_data: str, count: int, workdir: str) -> list[str]:
+  """`count` real 512x512 X-ray PNGs (the two shipped ones, copied under new names)."""
+  real = sorted(os.path.join(shared_data, "chestxray14", "images", f)
+                for f in os.listdir(os.path.join(shared_data, "chestxray14", "images")))
+  paths = []
+  for i in range(count):
+    path = os.path.join(workdir, f"img{i:05d}.png")
+    shutil.copy(real[i % len(real)], path)
+    paths.append(path)
+  return paths
+
+
+def run(shared_data: str, num_examples: int = 512, batch_size: int = 32,
+        workers: tuple[int, ...] = (0, 2), batches: int = 64) -> dict:
+  from medvlmoe_jax.convert.tokenizer import write_biogpt_tokenizer
+  workdir = tempfile.mkdtemp(prefix="medvlmoe_data_bench_")
+  try:
+    pngs = _source_pngs(shared_data, num_examples, workdir)
+    text = "A 58-year-old male patient, PA view."
+    t0 = time.perf_counter()
+    encoded = [records.encode_example(resize_and_crop(load_image(p), 224), text,
+                                      np.zeros(14), np.ones(14, bool), "p", str(i))
+               for i, p in enumerate(pngs)]
+    prep_s = time.perf_counter() - t0
+    out = os.path.join(workdir, "records")
+    files = records.write_split(out, "train", iter(encoded), len(encoded))
+    tok_dir = os.path.join(workdir, "tokenizer")
+    release = os.path.join(shared_data, "biogpt_tokenizer")
+    write_biogpt_tokenizer(os.path.join(release, "dict.txt"), os.path.join(release, "bpecodes"), tok_dir)
+    split = pipeline.RecordSplit([os.path.join(out, f) for f in files], BioGptTokenizer(tok_dir), 64)
+    augment = ml_collections.ConfigDict(dict(enabled=True, translate=0.05, brightness=0.1,
+                                             contrast=0.1, hflip=False))
+    result = {"num_examples": num_examples, "batch_size": batch_size,
+              "prepare_records_per_s": num_examples / prep_s, "pipeline": {}}
+    for w in workers:
+      it = pipeline.train_iterator(split, batch_size, seed=0, worker_count=w, augment_cfg=augment)
+      next(it)                                  # start-up (worker processes) not counted
+      t0 = time.perf_counter()
+      for _ in range(batches):
+        batch = next(it)
+      seconds = time.perf_counter() - t0
+      assert batch["image"].shape == (batch_size, 224, 224, 3)
+      result["pipeline"][f"{w}_workers_records_per_s"] = batches * batch_size / seconds
+    return result
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def table(result: dict) -> str:
+  lines = [f"input pipeline, 512x512 PNG X-rays, batch {result['batch_size']}:",
+           f"  data_prep (decode 512 px PNG, resize+crop to 224, encode): "
+           f"{result['prepare_records_per_s']:.0f} records/s"]
+  for k, v in result["pipeline"].items():
+    lines.append(f"  training pipeline, {k.split('_')[0]} workers (read, decode, augment, "
+                 f"tokenize, batch): {v:.0f} records/s")
+  return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""MIMIC-CXR-JPG reading, leak-free report text, splits and records (data/mimic_cxr.py).
+
+The data are credentialed, so the fixture rebuilds the published layout: the three
+mimic-cxr-2.0.0-*.csv(.gz) tables with their headers, files/pXX/pSUBJECT/sSTUDY/DICOM.jpg
+and the reports' files/pXX/pSUBJECT/sSTUDY.txt.
+"""
+
+import csv
+import gzip
+import io
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medvlmoe_jax.data import chexpert, mimic_cxr, records
+from medvlmoe_jax.data.prep import BadInputError, Problems
+
+C = {c: i for i, c in enumerate(chexpert.CLASSES)}
+# The published column order (alphabetical), unlike CheXpert's.
+LABEL_HEADER = ["subject_id", "study_id", "Atelectasis", "Cardiomegaly", "Consolidation",
+                "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
+                "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+                "Pneumothorax", "Support Devices"]
+SPLIT_HEADER = ["dicom_id", "study_id", "subject_id", "split"]
+META_HEADER = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
+               "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime",
+               "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+               "PatientOrientationCodeSequence_CodeMeaning"]
+
+REPORTS = {
+    # Upper-case headings, the usual layout.
+    "50414267": """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PA AND LAT)
+
+ INDICATION:  ___F with new onset ascites  // eval for infection
+
+ TECHNIQUE:  Chest PA and lateral
+
+ COMPARISON:  None.
+
+ FINDINGS:
+
+ There is a small left pleural effusion.  No pneumothorax is seen.  Heart size is
+ normal.
+
+ IMPRESSION:
+
+ Small left effusion, no pneumothorax.
+""",
+    # Lower-case headings.
+    "53189527": """final report
+indication: shortness of breath after a fall down stairs
+technique: portable ap
+findings: moderate right pneumothorax with mild atelectasis.
+impression: right pneumothorax.
+""",
+    # No INDICATION / HISTORY / COMPARISON at all.
+    "57375967": """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PORTABLE AP)
+ TECHNIQUE:  Single frontal view.
+ FINDINGS:  Cardiomegaly with pulmonary edema and bilateral effusions.
+ IMPRESSION:  Pulmonary edema.
+""",
+    # HISTORY and COMPARISON, findings run on after a blank line without their heading.
+    "51234567": """ HISTORY:  Fever and productive cough for three days.
+
+ COMPARISON:  Chest radiograph from ___.
+
+ Right lower lobe consolidation, concerning for pneumonia.  No effusion.
+
+ IMPRESSION:  Right lower lobe pneumonia.
+""",
+}
+INDICATIONS = {
+    "50414267": ["new onset ascites", "eval for infection", "Comparison: None."],
+    "53189527": ["shortness of breath after a fall down stairs"],
+    "57375967": [],
+    "51234567": ["Fever and productive cough for three days", "Chest radiograph from ___."],
+}
+FINDINGS = {
+    "50414267": ["pleural effusion", "pneumothorax", "effusion", "Heart size", "Chest PA"],
+    "53189527": ["pneumothorax", "atelectasis", "portable"],
+    "57375967": ["Cardiomegaly", "edema", "effusion"],
+    "51234567": ["consolidation", "pneumonia", "effusion", "lower lobe"],
+}
+
+# (dicom, subject, study, ViewPosition, split)
+IMAGES = [
+    ("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "10000032", "50414267", "PA", "train"),
+    ("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "10000032", "50414267", "LATERAL", "train"),
+    ("2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "10000032", "53189527", "AP", "train"),
+    ("68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714", "10000764", "57375967", "AP", "validate"),
+    ("fffabebf-74fd3a1f-673b6b41-96ec0ac9-2ab69818", "11000011", "51234567", "PA", "test"),
+]
+# Raw labels per study (blank unless named).
+LABELS = {
+    "50414267": dict(Pleural_Effusion="1.0", Pneumothorax="0.0", Atelectasis="-1.0"),
+    "53189527": dict(Pneumothorax="1.0", Atelectasis="-1.0", Edema="-1.0"),
+    "57375967": dict(Cardiomegaly="1.0", Edema="1.0", Pleural_Effusion="-1.0"),
+    "51234567": dict(Consolidation="1.0", Pneumonia="-1.0", Pleural_Effusion="0.0"),
+}
+
+
+def _write_table(path, header, rows, gz):
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(header)
+  w.writerows(rows)
+  if gz:
+    with gzip.open(str(path) + ".gz", "wt", newline="") as f:
+      f.write(buf.getvalue())
+  else:
+    with open(path, "w", newline="") as f:
+      f.write(buf.getvalue())
+
+
+def _image_path(src, subject, study, dicom):
+  return os.path.join(src, "files", "p" + subject[:2], "p" + subject, "s" + study, dicom + ".jpg")
+
+
+def _report_path(reports, subject, study):
+  return os.path.join(reports, "files", "p" + subject[:2], "p" + subject, "s" + study + ".txt")
+
+
+def _make_mimic(tmp_path, reports_inside=False):
+  src = str(tmp_path / "mimic-cxr-jpg" / "2.0.0")
+  reports = os.path.join(src, "mimic-cxr-reports") if reports_inside else \
+      str(tmp_path / "mimic-cxr-reports")
+  os.makedirs(src)
+  label_rows = []
+  for study, values in LABELS.items():
+    subject = next(im[1] for im in IMAGES if im[2] == study)
+    cells = {k.replace("_", " "): v for k, v in values.items()}
+    label_rows.append([subject, study] + [cells.get(c, "") for c in LABEL_HEADER[2:]])
+  _write_table(os.path.join(src, mimic_cxr.LABELS_CSV), LABEL_HEADER, label_rows, gz=True)
+  _write_table(os.path.join(src, mimic_cxr.SPLIT_CSV), SPLIT_HEADER,
+               [[d, st, su, sp] for d, su, st, _, sp in IMAGES], gz=True)
+  _write_table(os.path.join(src, mimic_cxr.METADATA_CSV), META_HEADER,
+               [[d, su, st, "CHEST (PA AND LAT)", view, 3056, 2544, 21800506, 213014.531,
+                 "CHEST (PA AND LAT)", "postero-anterior" if view == "PA" else "lateral",
+                 "Erect"] for d, su, st, view, _ in IMAGES], gz=False)
+  for i, (dicom, subject, study, _, _) in enumerate(IMAGES):
+    path = _image_path(src, subject, study, dicom)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((40, 48), 30 * i + 20, np.uint8)).save(path, format="JPEG",
+                                                                   quality=95)
+  for study, text in REPORTS.items():
+    subject = next(im[1] for im in IMAGES if im[2] == study)
+    path = _report_path(reports, subject, study)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text)
+  return src, reports
+
+
+def _read_records(out, manifest, split):
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+  source = ArrayRecordDataSource([os.path.join(out, f) for f in manifest["splits"][split]["files"]])
+  return [records.decode_example(source[i]) for i in range(len(source))]
+
+
+# --------------------------------------------------------------------------- report text
+
+@pytest.mark.parametrize("study", list(REPORTS))
+def test_text_has_indication_never_findings_or_impression(study):
+  text = mimic_cxr.clinical_text(REPORTS[study], "PA")
+  for phrase in INDICATIONS[study]:
+    assert phrase in text, (phrase, text)
+  for phrase in FINDINGS[study]:
+    assert phrase.lower() not in text.lower(), (phrase, text)
+  for c in chexpert.CLASSES:
+    assert c.lower() not in text.lower(), (c, text)
+
+
+def test_section_extraction():
+  assert mimic_cxr.clinical_text(REPORTS["50414267"]) == \
+      "Indication: ___F with new onset ascites // eval for infection Comparison: None."
+  assert mimic_cxr.clinical_text(REPORTS["53189527"]) == \
+      "Indication: shortness of breath after a fall down stairs"
+  assert mimic_cxr.clinical_text(REPORTS["57375967"], "AP") == "A chest radiograph, AP view."
+  assert mimic_cxr.clinical_text("FINDINGS: no effusion.", "") == "A chest radiograph."
+  # Headings run together on one line; a FINDINGS heading in any case ends the section.
+  one_line = ("FINAL REPORT EXAMINATION: CHEST INDICATION: ___M with sob. findings: large "
+              "effusion. IMPRESSION: effusion")
+  assert mimic_cxr.clinical_text(one_line) == "Indication: ___M with sob."
+  # "comparison:" inside prose is not a heading, so FINDINGS text cannot come back through it.
+  prose = "INDICATION: cough\nFINDINGS: In comparison: new effusion.\n"
+  assert mimic_cxr.clinical_text(prose) == "Indication: cough"
+  # An unknown capitalised heading ends a kept section too.
+  assert mimic_cxr.clinical_text("HISTORY: fever\nWET READ: JXKa effusion\n") == "History: fever"
+  assert mimic_cxr.clinical_text("HISTORY: fever\nPORTABLE CHEST: effusion\n") == "History: fever"
+  assert mimic_cxr.view_sentence("AP AXIAL") == "A chest radiograph, AP axial view."
+  assert mimic_cxr.view_sentence("") == "A chest radiograph."
+
+
+# --------------------------------------------------------------------------- prepare / check
+
+def test_prepare_follows_split_csv_labels_and_text(tmp_path):
+  src, reports = _make_mimic(tmp_path)
+  out = str(tmp_path / "out")
+  manifest = mimic_cxr.prepare(src, out, image_size=16, problems=Problems(),
+                               policy="Atelectasis=u_ones,Edema=u_zeros,default=u_ignore",
+                               reports=reports)
+  assert manifest == records.read_manifest(out)
+  assert manifest["name"] == "mimic_cxr" and manifest["task"] == "multilabel"
+  assert manifest["classes"] == list(chexpert.CLASSES)
+  assert set(manifest["source_checksums"]) == {"mimic-cxr-2.0.0-chexpert.csv.gz",
+                                               "mimic-cxr-2.0.0-split.csv.gz",
+                                               "mimic-cxr-2.0.0-metadata.csv"}
+  splits = {s: _read_records(out, manifest, s) for s in ("train", "val", "test")}
+  ids = {s: [e["example_id"] for e in ex] for s, ex in splits.items()}
+  assert ids == {"train": [IMAGES[0][0], IMAGES[2][0]], "val": [IMAGES[3][0]],
+                 "test": [IMAGES[4][0]]}        # the lateral image is left out
+  assert {s: manifest["splits"][s]["num_examples"] for s in ids} == \
+      {"train": 2, "val": 1, "test": 1}
+  assert manifest["splits"]["train"]["num_patients"] == 1
+
+  by_id = {e["example_id"]: e for ex in splits.values() for e in ex}
+  first = by_id[IMAGES[0][0]]
+  assert first["patient_id"] == "p10000032"
+  assert first["text"] == "Indication: ___F with new onset ascites // eval for infection " \
+                          "Comparison: None."
+  assert by_id[IMAGES[3][0]]["text"] == "A chest radiograph, AP view."   # no indication
+  assert by_id[IMAGES[4][0]]["text"] == ("History: Fever and productive cough for three days. "
+                                         "Comparison: Chest radiograph from ___.")
+  for e in by_id.values():
+    for study, phrases in FINDINGS.items():
+      for phrase in phrases:
+        assert phrase.lower() not in e["text"].lower()
+    image = records.decode_image(e["image"])
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+
+  # Labels: mapped by name from the alphabetical columns; blank -> 0; policies per class.
+  assert first["labels"][C["Pleural Effusion"]] == 1
+  assert first["labels"][C["Atelectasis"]] == 1 and first["label_mask"][C["Atelectasis"]]
+  assert first["labels"].sum() == 2 and first["label_mask"].all()
+  second = by_id[IMAGES[2][0]]
+  assert second["labels"][C["Edema"]] == 0 and second["label_mask"][C["Edema"]]     # u_zeros
+  test = by_id[IMAGES[4][0]]
+  assert not test["label_mask"][C["Pneumonia"]] and test["label_mask"].sum() == 13  # u_ignore
+  assert test["labels"][C["Consolidation"]] == 1 and test["labels"].sum() == 1
+  assert abs(float(records.decode_image(test["image"]).mean()) - 140) < 4
+
+  everything = mimic_cxr.prepare(src, str(tmp_path / "all"), image_size=16, reports=reports,
+                                 frontal_only=False)
+  assert everything["splits"]["train"]["num_examples"] == 3
+
+
+def test_check_counts_and_default_reports_folder(tmp_path):
+  src, _ = _make_mimic(tmp_path, reports_inside=True)
+  stats = mimic_cxr.check(src, labels_only=True)
+  assert {s: v["rows"] for s, v in stats["sources"].items()} == \
+      {"train": 3, "validate": 1, "test": 1}
+  assert stats["sources"]["train"]["frontal"] == 2
+  assert stats["sources"]["train"]["studies"] == 2
+  assert stats["sources"]["train"]["labels"]["Atelectasis"] == \
+      {"1": 0, "0": 0, "-1": 3, "blank": 0}
+  assert stats["sources"]["train"]["missing_images"] is None
+  full = mimic_cxr.check(src)
+  assert full["sources"]["validate"]["missing_images"] == 0
+  assert full["sources"]["validate"]["fallback_text"] == 1
+  assert full["sources"]["train"]["fallback_text"] == 0
+  assert "Pleural Effusion" in chexpert.format_check(full)
+
+
+def test_empty_report_and_missing_image_stop_naming_the_file(tmp_path):
+  src, reports = _make_mimic(tmp_path)
+  empty = _report_path(reports, "10000032", "53189527")
+  with open(empty, "w") as f:
+    f.write("  \n\n")
+  missing = _image_path(src, "11000011", "51234567", IMAGES[4][0])
+  os.remove(missing)
+  out = str(tmp_path / "out")
+  with pytest.raises(BadInputError, match=re.escape(empty) + ": the report is empty"):
+    mimic_cxr.prepare(src, out, image_size=16, reports=reports)
+  with pytest.raises(BadInputError, match=re.escape(empty)):
+    mimic_cxr.check(src, reports=reports)
+
+  with open(empty, "w") as f:
+    f.write(REPORTS["53189527"])
+  split_csv = os.path.join(src, mimic_cxr.SPLIT_CSV + ".gz")
+  with pytest.raises(BadInputError, match=re.escape(f"{split_csv}, row 6: {missing}")):
+    mimic_cxr.prepare(src, out, image_size=16, reports=reports)
+
+  with open(empty, "w") as f:
+    f.write("")
+  problems = Problems(skip_bad=True)
+  manifest = mimic_cxr.prepare(src, out, image_size=16, problems=problems, reports=reports)
+  assert problems.counts == {"empty_report": 1, "missing_image": 1}
+  assert manifest["skipped"]["counts"] == {"empty_report": 1, "missing_image": 1}
+  assert {s: v["num_examples"] for s, v in manifest["splits"].items()} == \
+      {"train": 1, "val": 1, "test": 0}
+  assert [e["example_id"] for e in _read_records(out, manifest, "train")] == [IMAGES[0][0]]
+
+
+def test_bad_tables_stop_naming_file_and_row(tmp_path):
+  src, reports = _make_mimic(tmp_path)
+  split_csv = os.path.join(src, mimic_cxr.SPLIT_CSV + ".gz")
+  rows = [[d, st, su, sp] for d, su, st, _, sp in IMAGES]
+  rows[1][3] = "holdout"
+  rows.append(["0000dead-beef0000-00000000-00000000-00000000", "50414267", "10000032", "train"])
+  _write_table(os.path.join(src, mimic_cxr.SPLIT_CSV), SPLIT_HEADER, rows, gz=True)
+  with pytest.raises(BadInputError, match=re.escape(f"{split_csv}, row 3: split is 'holdout'")):
+    mimic_cxr.check(src, labels_only=True)
+  problems = Problems(skip_bad=True)
+  stats = mimic_cxr.check(src, labels_only=True, problems=problems)
+  assert problems.counts == {"bad_row": 1, "unknown_image": 1}
+  assert stats["sources"]["train"]["rows"] == 2
+
+  labels_csv = os.path.join(src, mimic_cxr.LABELS_CSV + ".gz")
+  _write_table(os.path.join(src, mimic_cxr.LABELS_CSV), LABEL_HEADER,
+               [["10000032", "50414267"] + ["2.0"] * 14], gz=True)
+  with pytest.raises(BadInputError, match=re.escape(f"{labels_csv}, row 2: column") + ".*'2.0'"):
+    mimic_cxr.check(src, labels_only=True)
