@@ -91,6 +91,7 @@ class Dataset:
   splits: dict[str, ArraySplit | RecordSplit]
   class_names: list[str]
   vocab_size: int
+  name: str = ""                 # the records' dataset name (e.g. "retinamnist")
 
   @property
   def groups(self) -> dict[str, np.ndarray | None]:
@@ -150,7 +151,7 @@ def _load_records(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
     if missing:
       raise FileNotFoundError(f"{d.path}: manifest.json names missing shard(s) {missing}")
     splits[name] = RecordSplit(files, tokenizer, d.text_max_len)
-  return Dataset(splits, list(manifest["classes"]), tokenizer.vocab_size)
+  return Dataset(splits, list(manifest["classes"]), tokenizer.vocab_size, manifest.get("name", ""))
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:

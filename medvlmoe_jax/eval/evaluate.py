@@ -23,10 +23,13 @@ def predict(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, np.ndar
 
 
 def report(arrays, probs: np.ndarray, class_names, groups=None, n_boot: int = 1000,
-           seed: int = 0, task: str = "multilabel") -> dict:
+           seed: int = 0, task: str = "multilabel", dataset: str = "") -> dict:
   rep = metrics.classification_report(arrays.labels, probs, class_names,
                                       mask=arrays.label_mask, groups=groups,
                                       n_boot=n_boot, seed=seed)
   if task in ("multiclass", "ordinal"):   # one-hot labels: top-1 accuracy as well
     rep["accuracy"] = float(np.mean(np.argmax(probs, -1) == np.argmax(arrays.labels, -1)))
+  if dataset.endswith("mnist"):       # ACC and AUC exactly as medmnist.Evaluator computes them
+    from medvlmoe_jax.eval.medmnist_metrics import medmnist_report
+    rep.update(medmnist_report(arrays.labels, probs, task, dataset=dataset))
   return rep

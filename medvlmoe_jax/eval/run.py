@@ -38,6 +38,21 @@ def resolve_step(ckpt: Checkpointer, which: str) -> int:
     raise ValueError(f"--checkpoint must be best, latest or a step number, not {which!r}") from None
 
 
+def write_figures(workdir: str, out_dir: str, arrays, out: dict, class_names, config) -> None:
+  """ROC curves; the expert-routing heatmap (share of each class's examples sent to each
+  expert, the paper's Figure 3) when routing is per example; expert load over training."""
+  from medvlmoe_jax.eval import figures
+  from medvlmoe_jax.train.metric_writer import read_metrics
+  figures.roc_curves(arrays.labels, out["probs"], class_names, os.path.join(out_dir, "roc.png"),
+                     label_mask=arrays.label_mask)
+  if "expert_index" in out:
+    figures.routing_heatmap(arrays.labels, out["expert_index"], class_names,
+                            config.model.moe.num_experts, os.path.join(out_dir, "routing_heatmap.png"),
+                            os.path.join(out_dir, "routing_heatmap.csv"))
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    figures.expert_load(read_metrics(workdir), os.path.join(out_dir, "expert_load.png"))
+
+
 def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best",
                      out_dir: str | None = None) -> dict:
   from medvlmoe_jax.eval import evaluate
@@ -55,7 +70,7 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
   out = evaluate.predict(eval_fn, state.params, arrays, config.data.eval_batch_size, exp.mesh)
   rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
                         n_boot=config.eval.n_boot, seed=config.eval.seed,
-                        task=config.data.task)
+                        task=config.data.task, dataset=exp.data.name)
   rep.update(split=split, checkpoint_step=step)
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   os.makedirs(out_dir, exist_ok=True)
@@ -63,6 +78,33 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
     json.dump(rep, f, indent=2)
   np.savez(os.path.join(out_dir, "predictions.npz"), labels=arrays.labels,
            label_mask=arrays.label_mask, **out)
+  write_figures(workdir, out_dir, arrays, out, exp.data.class_names, config)
   rep["table"] = metrics_lib.format_table(rep)
   rep["out_dir"] = out_dir
   return rep
+
+
+def aggregate(reports: list[dict]) -> dict:
+  """Mean and (sample) standard deviation over runs (seeds) of every scalar metric and of
+  each class's AUC."""
+  def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+      return None
+    return {"mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "n": len(values)}
+  scalars = sorted({k for r in reports for k, v in r.items() if isinstance(v, (int, float))
+                    and k not in ("checkpoint_step", "num_examples", "n_boot", "num_classes_scored")})
+  out = {k: stats([r.get(k) for r in reports]) for k in scalars}
+  classes = list(reports[0]["per_class_auc"])
+  out["per_class_auc"] = {c: stats([r["per_class_auc"].get(c) for r in reports]) for c in classes}
+  out["runs"] = len(reports)
+  return out
+
+
+def format_aggregate(agg: dict) -> str:
+  lines = [f"over {agg['runs']} runs (mean ± std):"]
+  for k, v in agg.items():
+    if isinstance(v, dict) and "mean" in v:
+      lines.append(f"  {k:<16} {v['mean']:.4f} ± {v['std']:.4f}")
+  return "\n".join(lines)

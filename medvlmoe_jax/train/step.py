@@ -35,6 +35,8 @@ def loss_fn(params, graphdef, batch, task: str, scale):
   total = cls + balance
   stats = {"classification_loss": cls, "load_balance_loss": balance,
            "dropped_tokens": aux.get("dropped_tokens", jnp.zeros((), jnp.int32))}
+  if "expert_share" in aux:    # (K,) share of the assignments each expert got: expert load
+    stats["expert_share"] = aux["expert_share"]
   return total * scale, (total, stats)
 
 

@@ -96,9 +96,9 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
 
 def _check_finite(rows: list[dict], last_good: int | None):
   for row in rows:
-    if not math.isfinite(row["loss"]):
+    if not math.isfinite(float(row["loss"])):
       raise NonFiniteLossError(
-          f"non-finite loss ({row['loss']}) at step {row['step']}; stopping. The last good "
+          f"non-finite loss ({float(row['loss'])}) at step {row['step']}; stopping. The last good "
           f"checkpoint (step {last_good}) was not overwritten.")
 
 
@@ -107,7 +107,7 @@ def _evaluate(exp: Experiment, eval_fn, params, split: str) -> tuple[dict, dict]
   out = evaluate.predict(eval_fn, params, arrays, exp.config.data.eval_batch_size, exp.mesh)
   rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
                         n_boot=exp.config.eval.n_boot, seed=exp.config.eval.seed,
-                        task=exp.config.data.task)
+                        task=exp.config.data.task, dataset=exp.data.name)
   return rep, out
 
 
@@ -167,9 +167,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_eval = step % eval_every == 0 or step == exp.total_steps
     if step % log_every == 0 or is_eval:
       host = jax.device_get(pending)
-      rows = [dict({k: float(v) for k, v in mm.items()}, step=s) for s, mm in host]
+      rows = [dict({k: np.asarray(v, np.float64) for k, v in mm.items()}, step=s) for s, mm in host]
       _check_finite(rows, ckpt.latest_step())
-      mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
+      mean = {k: np.mean([r[k] for r in rows], axis=0) for k in rows[-1] if k != "step"}
       rate = (step - n0) * config.data.batch_size / max(time.time() - t0, 1e-9)
       if writer:
         writer.write(step, mean, split="train", examples_per_sec=rate)
