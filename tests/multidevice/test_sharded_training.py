@@ -14,25 +14,14 @@ from medvlmoe_jax.train import step as step_lib
 from medvlmoe_jax.train import trainer as trainer_lib
 from medvlmoe_jax.train.checkpointing import Checkpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
-def config():
-  import sys
-  sys.path.insert(0, ROOT)
-  from configs import demo
-  c = demo.get_config()
-  c.data.synthetic.num_train = 256
-  c.data.synthetic.num_val = 64
-  c.data.synthetic.num_test = 64
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 64
-  c.eval.n_boot = 10
-  c.train.epochs = 3
-  c.train.warmup_epochs = 1
-  c.train.log_every_steps = 1
-  return c
+def config(demo_config):
+  """The shrunk demo config of tests/conftest.py, for 3 epochs."""
+  demo_config.train.epochs = 3
+  demo_config.eval.n_boot = 10
+  return demo_config
 
 
 def experiment(config, shape, devices=None):
