@@ -1,15 +1,15 @@
-"""Benchmarks, printed as a table and written as JSON ratios.
+"""Benchmarks, printed as tables and written as JSON.
 
-  python launch/benchmark.py {moe,data} [--json OUT] [--simulate_devices 8]
+  python launch/benchmark.py {encoders,train,moe,data,all} [--json OUT] [--simulate_devices 8]
 
-`moe`: the MoE layer (sample and token granularity; dropless and capacity 1.25) against a
-dense FFN with the same active FLOPs, forward and forward+backward, on one device and on an
-expert-parallel mesh of all devices. Every comparison is taken in one process with
-interleaved repeats; report the ratios, not the absolute times.
-`data`: records per second of data preparation and of the training input pipeline (0 and 2
-Grain workers) from 512x512 PNG X-rays. --simulate_devices splits
-the CPU into N XLA devices (they share the same cores: the sharded figures then measure
-dispatch overhead, not speed-up).
+`encoders`: our ViT-L/14 and BioGPT float32 forward (batch 1 and 8) against HF PyTorch with
+the same weights, and their FLOP/s as a fraction of a large float32 matmul's.
+`train`: compile time, step time, examples/s, memory and the share of the training loop
+outside compiled compute, for the tiny, small and full model sizes.
+`moe`: the MoE layer against a dense FFN with the same active FLOPs.
+`data`: records per second of data preparation and of the training input pipeline.
+Every comparison is taken in one process with interleaved repeats and medians; the README's
+Benchmarks section says what each figure means.
 """
 
 import json
@@ -18,30 +18,50 @@ import sys
 
 from absl import app, flags
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
 _SIMULATE = flags.DEFINE_integer("simulate_devices", 0, "Simulated CPU devices (0: real devices).")
-_ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved timing rounds.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Examples per batch.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_SHARED = flags.DEFINE_string("shared_data", os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "..", "shared", "data"), "The shared real-data folder.")
-BENCHMARKS = ("moe", "data")
+_ROUNDS = flags.DEFINE_integer("rounds", None, "Interleaved timing rounds (default per benchmark).")
+_BATCH = flags.DEFINE_integer("batch", 32, "moe/data: examples per batch.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "moe/train compute dtype (default float32 on CPU, bfloat16 on GPU).")
+_SIZES = flags.DEFINE_list("sizes", "tiny,small,full", "train: model sizes to run.")
+_FULL_BATCH = flags.DEFINE_integer("full_batch", None, "train: batch of the full size "
+                                   "(default 2 on CPU, 32 on GPU).")
+_SHARED = flags.DEFINE_string("shared_data", os.path.join(ROOT, "..", "shared", "data"),
+                              "The shared real-data folder (data benchmark).")
+BENCHMARKS = ("encoders", "train", "moe", "data")
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in BENCHMARKS:
-    raise app.UsageError(f"usage: benchmark.py {{{','.join(BENCHMARKS)}}} [--json OUT]")
+  if len(argv) != 2 or argv[1] not in BENCHMARKS + ("all",):
+    raise app.UsageError(f"usage: benchmark.py {{{','.join(BENCHMARKS)},all}} [--json OUT]")
   if _SIMULATE.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_SIMULATE.value}")
-  from medvlmoe_jax.benchmark import data, moe   # imports JAX: after XLA_FLAGS is set
+  import jax   # after XLA_FLAGS is set
+  from medvlmoe_jax.benchmark import data, encoders, moe, train
+  dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+  rounds = lambda default: _ROUNDS.value or default
+  chosen = BENCHMARKS if argv[1] == "all" else (argv[1],)
   results = {}
-  if argv[1] == "moe":
-    results["moe"] = moe.run(batch=_BATCH.value, dtype=_DTYPE.value, rounds=_ROUNDS.value)
-    print(moe.table(results["moe"]))
-  if argv[1] == "data":
-    results["data"] = data.run(os.path.abspath(_SHARED.value), batch_size=_BATCH.value)
-    print(data.table(results["data"]))
+  for name in chosen:
+    if name == "encoders":
+      results[name] = encoders.run(rounds=rounds(5))
+      print(encoders.table(results[name]))
+    elif name == "train":
+      sys.path.insert(0, ROOT)
+      from configs import demo
+      results[name] = train.run(demo.get_config(), sizes=tuple(_SIZES.value), rounds=rounds(3),
+                                dtype=dtype, full_batch=_FULL_BATCH.value)
+      print(train.table(results[name]))
+    elif name == "moe":
+      results[name] = moe.run(batch=_BATCH.value, dtype=dtype, rounds=rounds(7))
+      print(moe.table(results[name]))
+    else:
+      results[name] = data.run(os.path.abspath(_SHARED.value), batch_size=_BATCH.value)
+      print(data.table(results[name]))
+    print(flush=True)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(results, f, indent=2)

@@ -1,7 +1,7 @@
 """The benchmark code runs and reports ratios (tiny sizes; the numbers come from
 `launch/benchmark.py`, not from tests)."""
 
-from medvlmoe_jax.benchmark import moe
+from medvlmoe_jax.benchmark import encoders, moe, train
 
 
 def test_moe_benchmark_reports_ratios():
@@ -12,3 +12,57 @@ def test_moe_benchmark_reports_ratios():
   for c in cases:
     assert c["dense_ms"] > 0 and c["moe_dropless_over_dense"] > 0
   assert "granularity" in moe.table(res)
+
+
+def test_analytic_encoder_flops_match_xla_cost_analysis():
+  """The FLOP counts behind the %-of-peak figures agree with XLA's own count (which also
+  counts elementwise work, hence the 5% margin at this width)."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from flax import nnx
+
+  from medvlmoe_jax.benchmark import encoders
+  from medvlmoe_jax.models.text import BioGpt
+  from medvlmoe_jax.models.vision import CLIPVisionTransformer
+
+  def xla_flops(module, *args):
+    graphdef, state = nnx.split(module)
+    fn = jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
+    return fn.lower(state, *args).compile().cost_analysis()["flops"]
+
+  v = ml_collections.ConfigDict(dict(width=256, layers=2, heads=4, mlp_dim=1024, patch_size=14,
+                                     image_size=112, channels=3, layer_norm_eps=1e-5))
+  vit = CLIPVisionTransformer(v, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  ratio = xla_flops(vit, jnp.zeros((2, 112, 112, 3))) / encoders.vit_flops(v, 2)
+  assert 1.0 <= ratio < 1.05, ratio
+  t = ml_collections.ConfigDict(dict(width=256, layers=2, heads=4, ffn_dim=1024, vocab_size=100,
+                                     max_positions=64, scale_embedding=True, layer_norm_eps=1e-5))
+  text = BioGpt(t, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  ids = jnp.zeros((2, 64), jnp.int32)
+  ratio = xla_flops(text, ids, jnp.ones_like(ids)) / encoders.biogpt_flops(t, 2, 64)
+  assert 1.0 <= ratio < 1.06, ratio
+
+
+def test_encoder_benchmark_checks_parity_and_reports_ratios():
+  res = encoders.run(batches=(1, 2), seq=8, matmul_n=128, rounds=1,
+                     vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, patch_size=14, image_size=28),
+                     text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, vocab_size=100))
+  assert [m["model"] for m in res["models"]] == ["ViT", "BioGPT"]
+  for m in res["models"]:
+    assert m["max_abs_diff"] < 1e-5, m
+    assert [b["batch"] for b in m["batches"]] == [1, 2]
+    for b in m["batches"]:
+      assert b["ours_over_torch"] > 0 and 0 < b["ours_peak_fraction"]
+  assert "matmul peak" in encoders.table(res)
+
+
+def test_train_benchmark_tiny(demo_config):
+  res = train.run(demo_config, sizes=("tiny",), steps=2, rounds=1)
+  (r,) = res["sizes"]
+  assert r["parameters"] > 0 and r["compile_s"] > 0 and r["memory"]["peak_mb"] > 0
+  assert r["compute_step_ms"] > 0 and 0 <= r["outside_compute_share"] < 1
+  assert r["model_gflop_per_step"] > 0
+  assert "tiny" in train.table(res)
