@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 
 from medvlmoe_jax.data import chestxray14
-from medvlmoe_jax.data.prep import BadInputError, Problems
+from medvlmoe_jax.data.prep import BadInputError, Problems, format_manifest
 
 _SRC = flags.DEFINE_string("src", None, "The dataset folder as NIH ships it.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder for records and manifest.json.")
@@ -66,12 +66,7 @@ def main(argv):
                                    seed=_SEED.value, num_workers=_NUM_WORKERS.value)
   except (BadInputError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  for split, info in manifest["splits"].items():
-    print(f"{split:<6}{info['num_examples']:>9,} examples {info['num_patients']:>8,} patients "
-          f"in {len(info['files'])} shard(s)")
-  counts = manifest["skipped"]["counts"]
-  print("skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
-  print(f"wrote {_OUT.value}/manifest.json")
+  print(format_manifest(manifest, _OUT.value))
 
 
 if __name__ == "__main__":

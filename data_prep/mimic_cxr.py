@@ -27,7 +27,7 @@ import sys
 from absl import app, flags
 
 from medvlmoe_jax.data import chexpert, mimic_cxr
-from medvlmoe_jax.data.prep import BadInputError, Problems
+from medvlmoe_jax.data.prep import BadInputError, Problems, format_manifest
 
 flags.DEFINE_string("src", None, "MIMIC-CXR-JPG 2.0.0 folder.")
 flags.DEFINE_string("reports", None, "Folder with the reports' files/ tree.")
@@ -44,17 +44,6 @@ flags.mark_flag_as_required("src")
 FLAGS = flags.FLAGS
 
 
-def _print_manifest(manifest: dict) -> None:
-  print(f"{manifest['name']}: wrote {FLAGS.out}")
-  print(f"  {'split':<8}{'examples':>10}{'patients':>10}{'shards':>8}")
-  for name, info in manifest["splits"].items():
-    print(f"  {name:<8}{info['num_examples']:>10}{info['num_patients']:>10}"
-          f"{len(info['files']):>8}")
-  skipped = manifest["skipped"]["counts"]
-  if skipped:
-    print("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
-
-
 def main(argv):
   del argv
   problems = Problems(skip_bad=FLAGS.skip_bad)
@@ -66,9 +55,9 @@ def main(argv):
       return 0
     if not FLAGS.out:
       raise app.UsageError("--out is required unless --check is given")
-    _print_manifest(mimic_cxr.prepare(
+    print(format_manifest(mimic_cxr.prepare(
         FLAGS.src, FLAGS.out, FLAGS.image_size, problems, policy=FLAGS.policy,
-        frontal_only=FLAGS.frontal_only, reports=FLAGS.reports, num_workers=FLAGS.num_workers))
+        frontal_only=FLAGS.frontal_only, reports=FLAGS.reports, num_workers=FLAGS.num_workers), FLAGS.out))
   except (BadInputError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -36,3 +36,15 @@ class Problems:
 
   def summary(self) -> dict:
     return {"counts": dict(self.counts), "examples": dict(self.examples)}
+
+
+def format_manifest(manifest: dict, out: str) -> str:
+  """What a data_prep script wrote: examples, patients and shards per split, and skips."""
+  lines = [f"{manifest['name']}: wrote {out}",
+           f"  {'split':<8}{'examples':>10}{'patients':>10}{'shards':>8}"]
+  for name, info in manifest["splits"].items():
+    lines.append(f"  {name:<8}{info['num_examples']:>10,}{info['num_patients']:>10,}"
+                 f"{len(info['files']):>8}")
+  skipped = manifest["skipped"]["counts"]
+  lines.append("  skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"))
+  return "\n".join(lines)
