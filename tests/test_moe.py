@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from medvlmoe_jax.moe import dispatch, routing
+from medvlmoe_jax.moe import dispatch, grouped_matmul, routing
 from medvlmoe_jax.moe.layer import SparseMoE
 from medvlmoe_jax.moe.reference import naive_moe
 
@@ -103,9 +103,9 @@ def test_capacity_dispatch_matches_reference(capacity_factor):
     assert ref["dropped"] > 0           # the case really exercises dropping
 
 
-@pytest.mark.parametrize("impl", ["ragged", "blocked"])
+@pytest.mark.parametrize("impl", ["ragged", "blocked", "slots"])
 @pytest.mark.parametrize("num_tokens", [3, 40, 700])
-def test_both_dropless_implementations_match_reference(impl, num_tokens):
+def test_all_dropless_implementations_match_reference(impl, num_tokens):
   layer, x = make_layer(), tokens(num_tokens)
   valid = np.arange(num_tokens) % 7 != 2
   probs = routing.router_probabilities(x, layer.router[...])
@@ -142,18 +142,87 @@ def test_gradients_flow_to_router_and_experts():
     assert float(jnp.max(jnp.abs(grads[name][...]))) > 0, name
 
 
-def test_block_matmul_gradients_match_autodiff():
-  from medvlmoe_jax.moe.grouped_matmul import block_matmul
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(5, 4, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(3, 3, 6)), jnp.float32)
-  group = jnp.asarray([0, 2, 2, 1, 0])
-  used = jnp.asarray([True, True, False, True, True])
+@pytest.mark.parametrize("impl", ["slots", "blocked"])
+@pytest.mark.parametrize("capacity", [1, 3, 10])
+def test_both_capacity_implementations_match_reference(impl, capacity):
+  layer, x = make_layer(), tokens()
+  valid = np.arange(40) % 5 != 2
+  index, weights = routing.top_k_routing(routing.router_probabilities(x, layer.router[...]), 2)
+  y, dropped = dispatch.dispatch_with_capacity(layer.experts(), x, index, weights,
+                                               jnp.asarray(valid), capacity, impl=impl)
+  ref = reference(layer, x, valid=valid, capacity=capacity)
+  np.testing.assert_allclose(np.asarray(y), ref["y"], rtol=1e-4, atol=1e-5)
+  assert int(dropped) == ref["dropped"]
 
-  def plain(x, w):
-    return jnp.where(used[:, None, None], jnp.einsum("jbm,jmn->jbn", x, w[group]), 0)
 
-  f = lambda fn: jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w))), argnums=(0, 1))(x, w)
-  np.testing.assert_allclose(block_matmul(x, w, group, used), plain(x, w), rtol=1e-6)
-  for a, b in zip(f(lambda x, w: block_matmul(x, w, group, used)), f(plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+def test_slot_rows_serve_first_choices_first():
+  index = jnp.asarray([[1, 0], [2, 0], [0, 1]])
+  valid = jnp.asarray([True, True, True])
+  rows, dropped = dispatch.slot_rows(index, valid, num_experts=3, capacity=2)
+  # Expert 0 (rows 0, 1): token 2's first choice, then token 0's second; token 1's second
+  # choice is dropped (row 6 = out of range) although token 1 comes before token 2.
+  # Expert 1 (rows 2, 3): token 0, then token 2. Expert 2 (rows 4, 5): token 1.
+  np.testing.assert_array_equal(np.asarray(rows), [[2, 1], [4, 6], [0, 3]])
+  assert int(dropped) == 1
+
+
+@pytest.mark.parametrize("impl", ["blocked", "slots"])
+def test_dropless_when_routing_collapses_onto_two_experts(impl):
+  layer, x = make_layer(), tokens(64)
+  index = jnp.tile(jnp.asarray([[3, 5]]), (64, 1)).at[0].set(jnp.asarray([5, 1]))
+  weights = jnp.full((64, 2), 0.5)
+  valid = jnp.ones(64, bool)
+  y = dispatch.dispatch_dropless(layer.experts(), x, index, weights, valid, impl=impl)
+  want = dispatch.dispatch_dropless(layer.experts(), x, index, weights, valid, impl="ragged")
+  np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_dropless_capacities_end_at_the_token_count():
+  assert dispatch.dropless_capacities(32, 2, 8) == [8, 12, 17, 25, 32]
+  assert dispatch.dropless_capacities(3, 2, 8) == [3]
+  for tokens_, k in ((40, 2), (384, 2), (1000, 1)):
+    caps = dispatch.dropless_capacities(tokens_, k, 8)
+    assert caps[-1] == tokens_ and caps == sorted(set(caps))
+
+
+def test_block_sizes_tile_every_segment():
+  for num_rows in (6, 64, 700, 6144, 100_000):
+    sizes = grouped_matmul.block_sizes(num_rows, K)
+    assert all(a == 2 * b for a, b in zip(sizes, sizes[1:]))
+    for size in range(0, 3 * sizes[0] + 1, sizes[-1]):
+      covered = [r for block, first, count in grouped_matmul._blocks(sizes, 5, size)
+                 for r in range(first, first + count * block)]
+      assert covered == list(range(5, 5 + size)), (num_rows, size)
+
+
+def dense_moe(params, x, index, weights, kept):
+  """Every expert on every token, masked: the autodiff reference for the dispatchers."""
+  h = jax.nn.gelu(jnp.einsum("tw,kwh->tkh", x, params.w1) + params.b1, approximate=False)
+  out = jnp.einsum("tkh,khw->tkw", h, params.w2) + params.b2
+  gate = jnp.sum(jax.nn.one_hot(index, K) * (weights * kept)[..., None], axis=1)
+  return jnp.einsum("tk,tkw->tw", gate, out)
+
+
+@pytest.mark.parametrize("mode", ["dropless/blocked", "dropless/ragged", "dropless/slots",
+                                  "capacity/blocked", "capacity/slots"])
+@pytest.mark.parametrize("num_tokens", [3, 300])
+def test_gradients_match_autodiff_of_dense_reference(mode, num_tokens):
+  layer, x = make_layer(), tokens(num_tokens)
+  params = layer.experts()
+  valid = jnp.asarray(np.arange(num_tokens) % 7 != 2)
+  index, weights = routing.top_k_routing(routing.router_probabilities(x, layer.router[...]), 2)
+  kind, impl = mode.split("/")
+  capacity = max(1, num_tokens // 8)
+  if kind == "dropless":
+    fn = lambda p, x, w: dispatch.dispatch_dropless(p, x, index, w, valid, impl=impl)
+    kept = valid[:, None]
+  else:
+    fn = lambda p, x, w: dispatch.dispatch_with_capacity(p, x, index, w, valid, capacity,
+                                                         impl=impl)[0]
+    kept = dispatch.capacity_positions(index, valid, K, capacity)[1]
+    assert not bool(jnp.all(kept[valid]))            # some assignments are dropped
+  grad = lambda f: jax.grad(lambda p, x, w: jnp.sum(jnp.sin(3 * f(p, x, w))), (0, 1, 2))(
+      params, x, weights)
+  got, want = grad(fn), grad(lambda p, x, w: dense_moe(p, x, index, w, kept))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -1,15 +1,20 @@
 """Sending routed tokens to experts and combining their outputs.
 
 Two dispatchers over the same stacked expert weights `(K, ...)`:
-- `dispatch_dropless`: sort the (token, expert) assignments by expert and run a grouped
-  matmul (`jax.lax.ragged_dot`); no token is ever dropped and no FLOP is spent on padding.
-- `dispatch_with_capacity`: GShard one-hot dispatch/combine tensors with a fixed number of
-  slots per expert; the first choices of all tokens are served before any second choice, and
-  assignments past the capacity are dropped (counted, and contribute zero).
+- `dispatch_dropless`: no token is ever dropped.
+- `dispatch_with_capacity`: a fixed number of slots per expert; the first choices of all
+  tokens are served before any second choice, and assignments past the capacity are dropped
+  (counted, and contribute zero).
+Both give each computed (token, choice) assignment a row of an expert-major buffer and move
+tokens by index: a gather into the rows, a gather of the outputs back, weighted by the
+routing weights. (GShard's one-hot dispatch/combine einsums cost O(T K C w) instead.) The
+rows are laid out as (K, C) slot buffers for a batched einsum ('slots'), or as contiguous
+per-expert segments for grouped matmuls ('ragged' on accelerators, 'blocked' on CPU).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from medvlmoe_jax.models.layers import gelu
-from medvlmoe_jax.moe.grouped_matmul import block_matmul
+from medvlmoe_jax.moe import grouped_matmul
 
 
 class ExpertParams(NamedTuple):
@@ -34,21 +39,53 @@ def compute_capacity(num_tokens: int, num_experts: int, top_k: int,
   return max(1, math.ceil(top_k * num_tokens / num_experts * capacity_factor))
 
 
-def capacity_positions(expert_index: jax.Array, valid: jax.Array, num_experts: int,
-                       capacity: int) -> tuple[jax.Array, jax.Array]:
-  """Slot of each assignment in its expert's buffer, and whether it fits.
+def expert_positions(expert_index: jax.Array, valid: jax.Array,
+                     num_experts: int) -> tuple[jax.Array, jax.Array]:
+  """Rank of each assignment among its expert's valid assignments, and their number.
 
-  Priority: choice 0 of every token (in token order), then choice 1, ... Invalid tokens
-  take no slot. Returns (position (T, k) int32, kept (T, k) bool).
+  Priority: choice 0 of every token (in token order), then choice 1, ... so that a capacity
+  serves first choices before any second choice. Invalid tokens take no rank (their
+  position is meaningless). Returns (position (T, k) int32, count (K,) int32).
   """
   num_tokens, k = expert_index.shape
   flat = expert_index.T.reshape(-1)                        # choice-major order
-  flat_valid = jnp.tile(valid, k)
-  onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32) * flat_valid[:, None]
-  position = (jnp.cumsum(onehot, axis=0) - 1)              # (k*T, K)
-  position = jnp.take_along_axis(position, flat[:, None], axis=1)[:, 0]
-  kept = flat_valid & (position < capacity)
-  return position.reshape(k, num_tokens).T.astype(jnp.int32), kept.reshape(k, num_tokens).T
+  onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32) * jnp.tile(valid, k)[:, None]
+  ranks = jnp.cumsum(onehot, axis=0)                       # (k*T, K)
+  position = jnp.take_along_axis(ranks, flat[:, None], axis=1)[:, 0] - 1
+  return position.reshape(k, num_tokens).T.astype(jnp.int32), ranks[-1]
+
+
+def capacity_positions(expert_index: jax.Array, valid: jax.Array, num_experts: int,
+                       capacity: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """`expert_positions` with `capacity` slots per expert. Returns (position (T, k), kept
+  (T, k) bool, kept count per expert (K,), number of valid assignments dropped)."""
+  position, count = expert_positions(expert_index, valid, num_experts)
+  kept = valid[:, None] & (position < capacity)
+  return position, kept, jnp.minimum(count, capacity), jnp.sum(valid[:, None] & ~kept)
+
+
+def slot_rows(expert_index: jax.Array, valid: jax.Array, num_experts: int,
+              capacity: int) -> tuple[jax.Array, jax.Array]:
+  """Row `e * capacity + position` of each assignment in (K * capacity) slot buffers, and the
+  dropped count. Dropped and invalid assignments get row K * capacity: out of range, so they
+  take no slot and contribute zero."""
+  position, kept, _, dropped = capacity_positions(expert_index, valid, num_experts, capacity)
+  return jnp.where(kept, expert_index * capacity + position, num_experts * capacity), dropped
+
+
+def tokens_to_rows(x: jax.Array, rows: jax.Array, num_rows: int) -> jax.Array:
+  """(num_rows, w) buffer holding token t at rows[t, j] for every choice j, zeros elsewhere;
+  rows out of range are skipped. A gather (with a small integer scatter to invert `rows`)."""
+  num_tokens, k = rows.shape
+  token = jnp.repeat(jnp.arange(num_tokens, dtype=jnp.int32), k)
+  source = jnp.full((num_rows,), num_tokens, jnp.int32).at[rows.reshape(-1)].set(token, mode="drop")
+  return x.at[source].get(mode="fill", fill_value=0)
+
+
+def rows_to_tokens(out: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.Array:
+  """y[t] = sum_j weights[t, j] * out[rows[t, j]]; rows out of range contribute zero."""
+  picked = out.at[rows].get(mode="fill", fill_value=0)     # (T, k, w)
+  return jnp.sum(picked * weights.astype(out.dtype)[..., None], axis=1)
 
 
 def expert_forward(params: ExpertParams, x: jax.Array) -> jax.Array:
@@ -59,94 +96,108 @@ def expert_forward(params: ExpertParams, x: jax.Array) -> jax.Array:
   return jnp.einsum("kch,khw->kcw", h, params.w2.astype(dtype)) + params.b2.astype(dtype)[:, None]
 
 
-def slot_tensors(expert_index: jax.Array, weights: jax.Array, valid: jax.Array,
-                 num_experts: int, capacity: int):
-  """GShard one-hot tensors: dispatch (T, K, C) in {0, 1}, combine (T, K, C) with the routing
-  weights, and the number of valid assignments dropped for lack of a slot."""
-  position, kept = capacity_positions(expert_index, valid, num_experts, capacity)
-  expert_onehot = jax.nn.one_hot(expert_index, num_experts, dtype=jnp.float32)
-  slot_onehot = jax.nn.one_hot(jnp.where(kept, position, capacity), capacity, dtype=jnp.float32)
-  dispatch = jnp.einsum("tke,tkc->tec", expert_onehot, slot_onehot)
-  combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot, weights.astype(jnp.float32))
-  return dispatch, combine, jnp.sum(valid[:, None] & ~kept)
+def _grouped(params: ExpertParams, x: jax.Array, expert_index: jax.Array, weights: jax.Array,
+             kept: jax.Array, position: jax.Array, count: jax.Array, impl: str) -> jax.Array:
+  """The kept assignments through their experts, rows grouped by expert (expert e's rows are
+  a contiguous segment; 'blocked' pads each segment to a multiple of its smallest block).
+
+  impl: 'ragged' (`jax.lax.ragged_dot`; on CPU it multiplies every row by every group's
+  weights) or 'blocked' (`grouped_matmul.grouped_mlp`, loops over expert-pure row blocks).
+  """
+  num_tokens, k = expert_index.shape
+  num_experts = params.w1.shape[0]
+  params = ExpertParams(*(p.astype(x.dtype) for p in params))
+  if impl == "blocked":
+    sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
+    size = (count + sizes[-1] - 1) // sizes[-1] * sizes[-1]
+    num_rows = max(num_tokens * k + num_experts * (sizes[-1] - 1), sizes[0])
+  else:
+    size, num_rows = count, num_tokens * k
+  start = jnp.cumsum(size) - size
+  rows = jnp.where(kept, start[expert_index] + position, num_rows)
+  xs = tokens_to_rows(x, rows, num_rows)
+  if impl == "blocked":
+    ys = grouped_matmul.grouped_mlp(params, xs, start, size, sizes)
+  else:
+    row_expert = jnp.searchsorted(jnp.cumsum(count), jnp.arange(num_rows), side="right")
+    row_expert = jnp.minimum(row_expert, num_experts - 1)  # rows past the groups: unused
+    h = gelu(jax.lax.ragged_dot(xs, params.w1, count) + params.b1[row_expert])
+    ys = jax.lax.ragged_dot(h, params.w2, count) + params.b2[row_expert]
+  return rows_to_tokens(ys, rows, weights)
+
+
+# On CPU, up to this many rows per expert (top_k * tokens / K) the experts' time is spent
+# reading weights: slicing one expert's weights costs as much as its matmuls, and the batched
+# einsum over (K, C, w) slot buffers, which reads them in place, is the fastest layout.
+SMALL_ROWS_PER_EXPERT = 32
+
+
+def _default_impl(expert_index: jax.Array, num_experts: int, accelerator: str) -> str:
+  if jax.default_backend() != "cpu":
+    return accelerator
+  rows_per_expert = expert_index.size / num_experts
+  return "slots" if rows_per_expert <= SMALL_ROWS_PER_EXPERT else "blocked"
 
 
 def dispatch_with_capacity(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
-                           weights: jax.Array, valid: jax.Array,
-                           capacity: int) -> tuple[jax.Array, jax.Array]:
-  """Einsum dispatch/combine with `capacity` slots per expert. Returns (y, dropped count)."""
-  num_experts = params.w1.shape[0]
-  dispatch, combine, dropped = slot_tensors(expert_index, weights, valid, num_experts, capacity)
-  expert_in = jnp.einsum("tec,tw->ecw", dispatch.astype(x.dtype), x)
-  expert_out = expert_forward(params, expert_in)
-  y = jnp.einsum("tec,ecw->tw", combine.astype(x.dtype), expert_out)
-  return y, dropped
+                           weights: jax.Array, valid: jax.Array, capacity: int,
+                           impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """At most `capacity` assignments per expert. Returns (y, dropped count).
 
-
-def _sort_assignments(expert_index, valid, num_experts):
-  """Flat (token, choice) assignments sorted by expert; invalid ones last (key K)."""
-  num_tokens, k = expert_index.shape
-  flat_expert = jnp.where(jnp.repeat(valid, k), expert_index.reshape(-1), num_experts)
-  order = jnp.argsort(flat_expert, stable=True)
-  group_sizes = jnp.bincount(flat_expert, length=num_experts + 1)[:num_experts].astype(jnp.int32)
-  token = jnp.repeat(jnp.arange(num_tokens), k)[order]
-  return order, flat_expert[order], token, group_sizes
-
-
-def _grouped_mlp_ragged(params: ExpertParams, xs, sorted_expert, group_sizes):
-  """Grouped matmuls with `jax.lax.ragged_dot` (fast on GPU/TPU; slow on CPU)."""
-  num_experts = params.w1.shape[0]
-  dtype = xs.dtype
-  bias_row = jnp.minimum(sorted_expert, num_experts - 1)
-  h = jax.lax.ragged_dot(xs, params.w1.astype(dtype), group_sizes)
-  h = gelu(h + params.b1.astype(dtype)[bias_row])
-  return jax.lax.ragged_dot(h, params.w2.astype(dtype), group_sizes) + params.b2.astype(dtype)[bias_row]
-
-
-def _grouped_mlp_blocked(params: ExpertParams, xs, sorted_expert, group_sizes):
-  """Grouped matmuls as a loop over fixed-size row blocks, each belonging to one expert.
-
-  Each expert's rows are padded to a multiple of the block size; blocks past the last
-  expert's rows are skipped. Costs at most K partial blocks over the ideal FLOPs.
+  impl: 'slots' ((K, capacity, w) slot buffers through a batched einsum: the default on
+  accelerators and for small inputs on CPU) or 'blocked' (the default on CPU otherwise: the
+  kept assignments go through the dropless CPU kernel, which computes no empty slot).
   """
-  num_rows, width = xs.shape
   num_experts = params.w1.shape[0]
-  block = int(max(8, min(128, 2 ** math.ceil(math.log2(max(num_rows / num_experts, 1))))))
-  padded_sizes = (group_sizes + block - 1) // block * block
-  padded_end = jnp.cumsum(padded_sizes)
-  group_start = jnp.cumsum(group_sizes) - group_sizes
-  in_group = sorted_expert < num_experts
-  expert = jnp.minimum(sorted_expert, num_experts - 1)
-  rank = jnp.arange(num_rows) - group_start[expert]
-  capacity_rows = (num_rows + block - 1) // block * block + num_experts * block
-  dest = jnp.where(in_group, padded_end[expert] - padded_sizes[expert] + rank, capacity_rows)
-  buffer = jnp.zeros((capacity_rows, width), xs.dtype).at[dest].set(xs, mode="drop")
-  num_blocks = capacity_rows // block
-  block_expert = jnp.minimum(
-      jnp.searchsorted(padded_end, jnp.arange(num_blocks) * block, side="right"), num_experts - 1)
-  used = jnp.arange(num_blocks) * block < padded_end[-1]
-  dtype = xs.dtype
-  blocks = buffer.reshape(num_blocks, block, width)
-  h = block_matmul(blocks, params.w1.astype(dtype), block_expert, used)
-  h = gelu(h + params.b1.astype(dtype)[block_expert][:, None])
-  out = block_matmul(h, params.w2.astype(dtype), block_expert, used)
-  out = out + params.b2.astype(dtype)[block_expert][:, None]
-  return out.reshape(capacity_rows, width).at[dest].get(mode="fill", fill_value=0)
+  impl = impl or _default_impl(expert_index, num_experts, accelerator="slots")
+  if impl == "blocked":
+    position, kept, count, dropped = capacity_positions(expert_index, valid, num_experts,
+                                                        capacity)
+    return _grouped(params, x, expert_index, weights, kept, position, count, "blocked"), dropped
+  rows, dropped = slot_rows(expert_index, valid, num_experts, capacity)
+  slots = tokens_to_rows(x, rows, num_experts * capacity).reshape(num_experts, capacity, -1)
+  out = expert_forward(params, slots).reshape(num_experts * capacity, -1)
+  return rows_to_tokens(out, rows, weights), dropped
+
+
+def dropless_capacities(num_tokens: int, top_k: int, num_experts: int) -> list[int]:
+  """Slot capacities for dropless slot dispatch, to pick from at run time: from
+  max(8, mean rows per expert) up to `num_tokens` in steps of sqrt(2). Capacity `num_tokens`
+  always suffices (an expert is chosen at most once per token), so nothing is dropped, and
+  the smallest one that holds the fullest expert computes < sqrt(2) x its rows per expert."""
+  capacities = [min(num_tokens, max(8, math.ceil(top_k * num_tokens / num_experts)))]
+  while capacities[-1] < num_tokens:
+    capacities.append(min(num_tokens, math.ceil(capacities[-1] * math.sqrt(2))))
+  return capacities
+
+
+def _dropless_slots(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
+                    weights: jax.Array, valid: jax.Array) -> jax.Array:
+  """Slot dispatch with the smallest of `dropless_capacities` that holds the fullest expert,
+  picked at run time with `lax.switch` (one compiled branch per capacity)."""
+  num_tokens, k = expert_index.shape
+  num_experts = params.w1.shape[0]
+  capacities = dropless_capacities(num_tokens, k, num_experts)
+  _, count = expert_positions(expert_index, valid, num_experts)
+  branch = jnp.searchsorted(jnp.asarray(capacities), jnp.max(count))
+  y, _ = jax.lax.switch(branch, [
+      functools.partial(dispatch_with_capacity, capacity=c, impl="slots") for c in capacities],
+      params, x, expert_index, weights, valid)
+  return y
 
 
 def dispatch_dropless(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
                       weights: jax.Array, valid: jax.Array, impl: str | None = None) -> jax.Array:
-  """Every valid assignment is computed: sort by expert, grouped matmuls, scatter-add back.
+  """Every valid assignment is computed.
 
-  `impl`: 'ragged' (`jax.lax.ragged_dot`, the default on accelerators) or 'blocked' (a loop
-  over expert-pure row blocks, the default on CPU, where ragged_dot computes every group
-  densely).
+  impl: 'ragged' (the default on accelerators), 'blocked' (see `_grouped`; the default on
+  CPU) or 'slots' (see `_dropless_slots`; the default on CPU for small inputs, see
+  `SMALL_ROWS_PER_EXPERT`).
   """
   num_experts = params.w1.shape[0]
-  impl = impl or ("blocked" if jax.default_backend() == "cpu" else "ragged")
-  order, sorted_expert, sorted_token, group_sizes = _sort_assignments(expert_index, valid, num_experts)
-  xs = x[sorted_token]
-  grouped = {"ragged": _grouped_mlp_ragged, "blocked": _grouped_mlp_blocked}[impl]
-  ys = grouped(params, xs, sorted_expert, group_sizes)
-  w = jnp.where(sorted_expert < num_experts, weights.reshape(-1)[order], 0).astype(x.dtype)
-  return jnp.zeros_like(x).at[sorted_token].add(ys * w[:, None])
+  impl = impl or _default_impl(expert_index, num_experts, accelerator="ragged")
+  if impl == "slots":
+    return _dropless_slots(params, x, expert_index, weights, valid)
+  position, count = expert_positions(expert_index, valid, num_experts)
+  kept = jnp.broadcast_to(valid[:, None], expert_index.shape)
+  return _grouped(params, x, expert_index, weights, kept, position, count, impl)

@@ -6,13 +6,17 @@ packs its tokens into (K, C, w) slot buffers, `all_to_all` over 'expert' sends e
 device the slots of its own experts from every device in its 'data' row, the local experts
 run, and a second `all_to_all` brings the outputs back to be combined (GShard / V-MoE).
 
-Dropless mode uses C = T/n, so no token can be dropped (an expert is chosen at most once per
-token). With E = 1 nothing needs to move, and the sorted grouped-matmul dispatcher runs on
-the local tokens. `grouped_capacity_reference` is the single-device computation with the
+Dropless mode picks C at run time (`lax.switch`, the same branch on every device) as the
+smallest of `dispatch.dropless_capacities` that holds the fullest expert on any device; C = T/n
+always suffices (an expert is chosen at most once per token), so no token is dropped. With
+E = 1 nothing needs to move, and the single-device dropless dispatcher runs on the local
+tokens. `grouped_capacity_reference` is the single-device computation with the
 same groups, which the sharded one must equal.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -51,23 +55,33 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
   tokens_local = x.shape[0] // n_total
   capacity = _local_capacity(tokens_local, num_experts, top_k, capacity_factor)
 
-  def local(params, x, expert_index, weights, valid):
-    if n_expert == 1 and capacity_factor is None:
-      # ragged_dot: the blocked CPU kernel's custom VJP is not written for shard_map's
-      # per-axis variance types.
-      y = dispatch.dispatch_dropless(params, x, expert_index, weights, valid, impl="ragged")
-      return y, jnp.zeros((), jnp.int32)
-    d, c, dropped = dispatch.slot_tensors(expert_index, weights, valid, num_experts, capacity)
-    buffers = jnp.einsum("tec,tw->ecw", d.astype(x.dtype), x)
+  def slots(capacity, params, x, expert_index, weights, valid):
+    rows, dropped = dispatch.slot_rows(expert_index, valid, num_experts, capacity)
+    buffers = dispatch.tokens_to_rows(x, rows, num_experts * capacity)
     buffers = buffers.reshape(n_expert, num_experts // n_expert, capacity, x.shape[-1])
     if n_expert > 1:
       buffers = jax.lax.all_to_all(buffers, "expert", 0, 0)   # axis 0: destination -> source
     out = _local_experts(params, buffers)
     if n_expert > 1:
       out = jax.lax.all_to_all(out, "expert", 0, 0)           # axis 0: source -> expert group
-    out = out.reshape(num_experts, capacity, x.shape[-1])
-    y = jnp.einsum("tec,ecw->tw", c.astype(x.dtype), out)
+    y = dispatch.rows_to_tokens(out.reshape(num_experts * capacity, x.shape[-1]), rows, weights)
     return y, jax.lax.psum(dropped, AXES).astype(jnp.int32)
+
+  def local(params, x, expert_index, weights, valid):
+    if capacity_factor is not None:
+      return slots(capacity, params, x, expert_index, weights, valid)
+    if n_expert == 1:
+      # Weights made varying over 'data' like the tokens, as the blocked CPU kernel's loop
+      # carries and custom VJP need; the transpose of the cast sums their gradients.
+      params = jax.tree.map(lambda p: jax.lax.pcast(p, "data", to="varying"), params)
+      y = dispatch.dispatch_dropless(params, x, expert_index, weights, valid)
+      return y, jnp.zeros((), jnp.int32)
+    # The same branch on every device, as all_to_all needs: the fullest expert anywhere.
+    capacities = dispatch.dropless_capacities(tokens_local, top_k, num_experts)
+    _, count = dispatch.expert_positions(expert_index, valid, num_experts)
+    branch = jnp.searchsorted(jnp.asarray(capacities), jax.lax.pmax(jnp.max(count), AXES))
+    return jax.lax.switch(branch, [functools.partial(slots, c) for c in capacities],
+                          params, x, expert_index, weights, valid)
 
   spec = P(AXES)
   expert_spec = ExpertParams(P("expert"), P("expert"), P("expert"), P("expert"))
@@ -83,6 +97,7 @@ def grouped_capacity_reference(params: ExpertParams, x, expert_index, weights, v
   capacity = _local_capacity(tokens_local, num_experts, top_k, capacity_factor)
   split = lambda a: a.reshape(num_groups, tokens_local, *a.shape[1:])
   ys, dropped = jax.vmap(
-      lambda x, e, w, v: dispatch.dispatch_with_capacity(params, x, e, w, v, capacity))(
+      lambda x, e, w, v: dispatch.dispatch_with_capacity(params, x, e, w, v, capacity,
+                                                          impl="slots"))(
           split(x), split(expert_index), split(weights), split(valid))
   return ys.reshape(x.shape), jnp.sum(dropped)

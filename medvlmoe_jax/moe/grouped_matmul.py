@@ -1,49 +1,111 @@
-"""y[j] = x[j] @ w[group[j]] over row blocks, with a backward pass that accumulates each
-block's weight gradient in place.
+"""The experts' MLP on expert-major rows, as loops over row blocks with a hand-written
+backward pass: the CPU path of dispatch (dropless, and with capacity on the kept rows).
 
-This is the CPU path of dropless dispatch: `jax.lax.ragged_dot` on CPU multiplies every row
-by every group's weights, and differentiating a plain loop over blocks adds a full (K, ...)
-weight-gradient tensor per block. Here the backward loop updates only the block's own
-expert slice (`.at[e].add` on the loop carry, done in place by XLA).
+`jax.lax.ragged_dot` on CPU multiplies every row by every group's weights. Here the rows of
+expert e are the segment [start[e], start[e] + size[e]) of the buffer, `size[e]` a multiple of
+the smallest block size. The segment is cut into power-of-two blocks: as many of the largest
+size as fit, then at most one of each smaller size (the binary digits of the rest), so that
+most rows go through large, efficient matmuls while padding stays below K x the smallest
+block. The outer loop runs over experts so that each expert's weights are sliced once, and
+the backward pass accumulates each expert's weight gradient in a local carry (differentiating
+a plain loop would add a full (K, ...) gradient tensor per block).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 
-
-@jax.custom_vjp
-def block_matmul(x: jax.Array, w: jax.Array, group: jax.Array, used: jax.Array) -> jax.Array:
-  """x (nb, b, m), w (K, m, n), group (nb,) int, used (nb,) bool -> (nb, b, n); unused blocks
-  give zeros and cost nothing."""
-  return _forward(x, w, group, used)
+from medvlmoe_jax.models.layers import gelu
 
 
-def _forward(x, w, group, used):
-  def one(args):
-    xb, g, u = args
-    return jax.lax.cond(u, lambda: xb @ w[g], lambda: jnp.zeros((xb.shape[0], w.shape[2]), xb.dtype))
-  return jax.lax.map(one, (x, group, used))
+def block_sizes(num_rows: int, num_experts: int) -> tuple[int, ...]:
+  """Descending powers of two: the largest <= 512 and <= rows per expert (matmuls reach full
+  speed around 512 rows on CPU); the smallest ~1/16 of the rows per expert, in [8, 64], so
+  that padding (< K x the smallest) stays near 6% of the rows or below."""
+  per_expert = max(num_rows // num_experts, 1)
+  pow2_floor = lambda n: 2 ** int(math.log2(max(n, 1)))
+  largest = max(8, min(512, pow2_floor(per_expert)))
+  smallest = min(largest, max(8, min(64, pow2_floor(per_expert // 16))))
+  return tuple(largest >> i for i in range(int(math.log2(largest // smallest)) + 1))
 
 
-def _fwd(x, w, group, used):
-  return _forward(x, w, group, used), (x, w, group, used)
+def _blocks(sizes, start, size):
+  """(block size, offset of the first block, number of blocks) for each size, in one
+  expert's segment [start, start + size)."""
+  out = []
+  for i, block in enumerate(sizes):
+    rest = size if i == 0 else size % (2 * block)     # rows left for this size and smaller
+    out.append((block, start + size - rest, rest // block))
+  return out
 
 
-def _bwd(res, dy):
-  x, w, group, used = res
+def _forward(params, x, start, size, sizes, keep_pre):
+  w1, b1, w2, b2 = params
+  out = jnp.zeros_like(x, shape=(x.shape[0], w2.shape[2]))
+  pre = jnp.zeros_like(x, shape=(x.shape[0], w1.shape[2])) if keep_pre else None
 
-  def dx_one(args):
-    dyb, g, u = args
-    return jax.lax.cond(u, lambda: dyb @ w[g].T, lambda: jnp.zeros((dyb.shape[0], w.shape[1]), dyb.dtype))
-  dx = jax.lax.map(dx_one, (dy, group, used))
+  def expert(e, carry):
+    w1e, b1e, w2e, b2e = w1[e], b1[e], w2[e], b2[e]
+    for block, first, count in _blocks(sizes, start[e], size[e]):
+      def step(i, carry, block=block, first=first):
+        out, pre = carry
+        row = first + i * block
+        h = jax.lax.dynamic_slice_in_dim(x, row, block) @ w1e + b1e
+        out = jax.lax.dynamic_update_slice_in_dim(out, gelu(h) @ w2e + b2e, row, 0)
+        if keep_pre:
+          pre = jax.lax.dynamic_update_slice_in_dim(pre, h, row, 0)
+        return out, pre
+      carry = jax.lax.fori_loop(0, count, step, carry)
+    return carry
+  return jax.lax.fori_loop(0, w1.shape[0], expert, (out, pre))
 
-  def dw_step(j, dw):
-    contrib = x[j].T.astype(jnp.float32) @ dy[j].astype(jnp.float32)
-    return jax.lax.cond(used[j], lambda: dw.at[group[j]].add(contrib), lambda: dw)
-  dw = jax.lax.fori_loop(0, x.shape[0], dw_step, jnp.zeros(w.shape, jnp.float32))
-  return dx, dw.astype(w.dtype), None, None
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def grouped_mlp(params, x: jax.Array, start: jax.Array, size: jax.Array,
+                sizes: tuple[int, ...]) -> jax.Array:
+  """gelu(x @ w1[e] + b1[e]) @ w2[e] + b2[e] for the rows of each expert's segment; rows
+  outside every segment give zeros. params: (w1 (K, w, h), b1 (K, h), w2 (K, h, w), b2 (K, w));
+  x (rows, w); start, size (K,) int, size a multiple of sizes[-1], segments inside x;
+  sizes from `block_sizes`."""
+  return _forward(params, x, start, size, sizes, keep_pre=False)[0]
 
 
-block_matmul.defvjp(_fwd, _bwd)
+def _fwd(params, x, start, size, sizes):
+  out, pre = _forward(params, x, start, size, sizes, keep_pre=True)
+  return out, (params, x, pre, start, size)
+
+
+def _bwd(sizes, res, dy):
+  params, x, pre, start, size = res
+  w1, b1, w2, b2 = params
+  f32 = jnp.float32
+
+  def expert(e, carry):
+    dx, grads = carry
+    w1e, w2e = w1[e], w2[e]
+    acc = tuple(jnp.zeros_like(p[e], f32) for p in params)
+    for block, first, count in _blocks(sizes, start[e], size[e]):
+      def step(i, carry, block=block, first=first):
+        dx, (dw1, db1, dw2, db2) = carry
+        row = first + i * block
+        rows = lambda a: jax.lax.dynamic_slice_in_dim(a, row, block)
+        xb, dyb = rows(x), rows(dy)
+        h, gelu_vjp = jax.vjp(gelu, rows(pre))
+        dpre, = gelu_vjp(dyb @ w2e.T)
+        dx = jax.lax.dynamic_update_slice_in_dim(dx, dpre @ w1e.T, row, 0)
+        return dx, (dw1 + xb.T.astype(f32) @ dpre.astype(f32), db1 + dpre.sum(0, dtype=f32),
+                    dw2 + h.T.astype(f32) @ dyb.astype(f32), db2 + dyb.sum(0, dtype=f32))
+      dx, acc = jax.lax.fori_loop(0, count, step, (dx, acc))
+    return dx, tuple(g.at[e].set(a) for g, a in zip(grads, acc))
+
+  grads = tuple(jnp.zeros_like(p, f32) for p in params)
+  dx, grads = jax.lax.fori_loop(0, w1.shape[0], expert, (jnp.zeros_like(x), grads))
+  grads = [g.astype(p.dtype) for g, p in zip(grads, params)]
+  return jax.tree.unflatten(jax.tree.structure(params), grads), dx, None, None
+
+
+grouped_mlp.defvjp(_fwd, _bwd)
