@@ -45,7 +45,7 @@ def test_analytic_encoder_flops_match_xla_cost_analysis():
 
 
 def test_encoder_benchmark_checks_parity_and_reports_ratios():
-  res = encoders.run(batches=(1, 2), seq=8, matmul_n=128, rounds=1,
+  res = encoders.run(batches=(1, 2), seq=8, matmul_n=(64, 128), rounds=1,
                      vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, patch_size=14, image_size=28),
                      text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

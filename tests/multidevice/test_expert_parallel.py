@@ -23,15 +23,15 @@ def mesh_of(shape):
   return sharding.make_mesh(ml_collections.ConfigDict(dict(data=shape[0], expert=shape[1])), K)
 
 
-def layer_and_tokens(capacity_factor=None, seed=0):
+def layer_and_tokens(capacity_factor=None, seed=0, num_tokens=T):
   layer = SparseMoE(W, H, num_experts=K, top_k=2, capacity_factor=capacity_factor,
                     rngs=nnx.Rngs(params=seed))
   rng = np.random.default_rng(seed)
   layer.router[...] = jnp.asarray(rng.normal(0, 1.0, (W, K)), jnp.float32)
   layer.b1[...] = jnp.asarray(rng.normal(0, 0.1, (K, H)), jnp.float32)
   layer.b2[...] = jnp.asarray(rng.normal(0, 0.1, (K, W)), jnp.float32)
-  x = jnp.asarray(rng.normal(size=(T, W)), jnp.float32)
-  valid = jnp.asarray(np.arange(T) % 5 != 3)
+  x = jnp.asarray(rng.normal(size=(num_tokens, W)), jnp.float32)
+  valid = jnp.asarray(np.arange(num_tokens) % 5 != 3)
   return layer, x, valid
 
 
@@ -62,6 +62,22 @@ def run_layer(layer, x, valid, mesh=None):
 @pytest.mark.parametrize("shape", MESHES)
 def test_dropless_sharded_equals_single_device(shape):
   layer, x, valid = layer_and_tokens()
+  ref = run_layer(layer, x, valid)
+  got = run_layer(layer, x, valid, mesh_of(shape))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  assert int(got[2]) == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 8), (2, 4)])
+@pytest.mark.parametrize("collapsed", [False, True])
+def test_dropless_capacity_switch_equals_single_device(shape, collapsed):
+  """With 64 tokens per device the dropless slot capacity is picked at run time among
+  several; a router collapsed onto two experts forces the largest (C = local tokens)."""
+  layer, x, valid = layer_and_tokens(num_tokens=512)
+  if collapsed:
+    x = x + 2.0                                    # a shared direction that experts 0, 1 own
+    layer.router[...] = layer.router[...].at[:, :2].add(1.0)
   ref = run_layer(layer, x, valid)
   got = run_layer(layer, x, valid, mesh_of(shape))
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
