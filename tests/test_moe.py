@@ -158,7 +158,8 @@ def test_both_capacity_implementations_match_reference(impl, capacity):
 def test_slot_rows_serve_first_choices_first():
   index = jnp.asarray([[1, 0], [2, 0], [0, 1]])
   valid = jnp.asarray([True, True, True])
-  rows, dropped = dispatch.slot_rows(index, valid, num_experts=3, capacity=2)
+  position, _ = dispatch.expert_positions(index, valid, num_experts=3)
+  rows, dropped = dispatch.slot_rows(index, position, valid, num_experts=3, capacity=2)
   # Expert 0 (rows 0, 1): token 2's first choice, then token 0's second; token 1's second
   # choice is dropped (row 6 = out of range) although token 1 comes before token 2.
   # Expert 1 (rows 2, 3): token 0, then token 2. Expert 2 (rows 4, 5): token 1.
@@ -219,7 +220,8 @@ def test_gradients_match_autodiff_of_dense_reference(mode, num_tokens):
   else:
     fn = lambda p, x, w: dispatch.dispatch_with_capacity(p, x, index, w, valid, capacity,
                                                          impl=impl)[0]
-    kept = dispatch.capacity_positions(index, valid, K, capacity)[1]
+    kept, _ = dispatch.kept_within_capacity(
+        dispatch.expert_positions(index, valid, K)[0], valid, capacity)
     assert not bool(jnp.all(kept[valid]))            # some assignments are dropped
   grad = lambda f: jax.grad(lambda p, x, w: jnp.sum(jnp.sin(3 * f(p, x, w))), (0, 1, 2))(
       params, x, weights)

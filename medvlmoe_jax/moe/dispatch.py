@@ -55,21 +55,20 @@ def expert_positions(expert_index: jax.Array, valid: jax.Array,
   return position.reshape(k, num_tokens).T.astype(jnp.int32), ranks[-1]
 
 
-def capacity_positions(expert_index: jax.Array, valid: jax.Array, num_experts: int,
-                       capacity: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """`expert_positions` with `capacity` slots per expert. Returns (position (T, k), kept
-  (T, k) bool, kept count per expert (K,), number of valid assignments dropped)."""
-  position, count = expert_positions(expert_index, valid, num_experts)
+def kept_within_capacity(position: jax.Array, valid: jax.Array,
+                         capacity: int) -> tuple[jax.Array, jax.Array]:
+  """Which assignments (positions from `expert_positions`) fit `capacity` slots per expert,
+  (T, k) bool, and the number of valid assignments dropped."""
   kept = valid[:, None] & (position < capacity)
-  return position, kept, jnp.minimum(count, capacity), jnp.sum(valid[:, None] & ~kept)
+  return kept, jnp.sum(valid[:, None] & ~kept)
 
 
-def slot_rows(expert_index: jax.Array, valid: jax.Array, num_experts: int,
-              capacity: int) -> tuple[jax.Array, jax.Array]:
+def slot_rows(expert_index: jax.Array, position: jax.Array, valid: jax.Array,
+              num_experts: int, capacity: int) -> tuple[jax.Array, jax.Array]:
   """Row `e * capacity + position` of each assignment in (K * capacity) slot buffers, and the
   dropped count. Dropped and invalid assignments get row K * capacity: out of range, so they
   take no slot and contribute zero."""
-  position, kept, _, dropped = capacity_positions(expert_index, valid, num_experts, capacity)
+  kept, dropped = kept_within_capacity(position, valid, capacity)
   return jnp.where(kept, expert_index * capacity + position, num_experts * capacity), dropped
 
 
@@ -150,11 +149,19 @@ def dispatch_with_capacity(params: ExpertParams, x: jax.Array, expert_index: jax
   """
   num_experts = params.w1.shape[0]
   impl = impl or _default_impl(expert_index, num_experts, accelerator="slots")
+  position, count = expert_positions(expert_index, valid, num_experts)
   if impl == "blocked":
-    position, kept, count, dropped = capacity_positions(expert_index, valid, num_experts,
-                                                        capacity)
-    return _grouped(params, x, expert_index, weights, kept, position, count, "blocked"), dropped
-  rows, dropped = slot_rows(expert_index, valid, num_experts, capacity)
+    kept, dropped = kept_within_capacity(position, valid, capacity)
+    y = _grouped(params, x, expert_index, weights, kept, position, jnp.minimum(count, capacity),
+                 "blocked")
+    return y, dropped
+  return _slots(params, x, expert_index, weights, valid, position, capacity)
+
+
+def _slots(params, x, expert_index, weights, valid, position, capacity):
+  """(y, dropped) through (K, capacity, w) slot buffers."""
+  num_experts = params.w1.shape[0]
+  rows, dropped = slot_rows(expert_index, position, valid, num_experts, capacity)
   slots = tokens_to_rows(x, rows, num_experts * capacity).reshape(num_experts, capacity, -1)
   out = expert_forward(params, slots).reshape(num_experts * capacity, -1)
   return rows_to_tokens(out, rows, weights), dropped
@@ -178,11 +185,10 @@ def _dropless_slots(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
   num_tokens, k = expert_index.shape
   num_experts = params.w1.shape[0]
   capacities = dropless_capacities(num_tokens, k, num_experts)
-  _, count = expert_positions(expert_index, valid, num_experts)
+  position, count = expert_positions(expert_index, valid, num_experts)
   branch = jnp.searchsorted(jnp.asarray(capacities), jnp.max(count))
-  y, _ = jax.lax.switch(branch, [
-      functools.partial(dispatch_with_capacity, capacity=c, impl="slots") for c in capacities],
-      params, x, expert_index, weights, valid)
+  y, _ = jax.lax.switch(branch, [functools.partial(_slots, capacity=c) for c in capacities],
+                        params, x, expert_index, weights, valid, position)
   return y
 
 

@@ -55,8 +55,8 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
   tokens_local = x.shape[0] // n_total
   capacity = _local_capacity(tokens_local, num_experts, top_k, capacity_factor)
 
-  def slots(capacity, params, x, expert_index, weights, valid):
-    rows, dropped = dispatch.slot_rows(expert_index, valid, num_experts, capacity)
+  def slots(capacity, params, x, expert_index, weights, valid, position):
+    rows, dropped = dispatch.slot_rows(expert_index, position, valid, num_experts, capacity)
     buffers = dispatch.tokens_to_rows(x, rows, num_experts * capacity)
     buffers = buffers.reshape(n_expert, num_experts // n_expert, capacity, x.shape[-1])
     if n_expert > 1:
@@ -68,8 +68,9 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
     return y, jax.lax.psum(dropped, AXES).astype(jnp.int32)
 
   def local(params, x, expert_index, weights, valid):
+    position, count = dispatch.expert_positions(expert_index, valid, num_experts)
     if capacity_factor is not None:
-      return slots(capacity, params, x, expert_index, weights, valid)
+      return slots(capacity, params, x, expert_index, weights, valid, position)
     if n_expert == 1:
       # Weights made varying over 'data' like the tokens, as the blocked CPU kernel's loop
       # carries and custom VJP need; the transpose of the cast sums their gradients.
@@ -78,10 +79,9 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
       return y, jnp.zeros((), jnp.int32)
     # The same branch on every device, as all_to_all needs: the fullest expert anywhere.
     capacities = dispatch.dropless_capacities(tokens_local, top_k, num_experts)
-    _, count = dispatch.expert_positions(expert_index, valid, num_experts)
     branch = jnp.searchsorted(jnp.asarray(capacities), jax.lax.pmax(jnp.max(count), AXES))
     return jax.lax.switch(branch, [functools.partial(slots, c) for c in capacities],
-                          params, x, expert_index, weights, valid)
+                          params, x, expert_index, weights, valid, position)
 
   spec = P(AXES)
   expert_spec = ExpertParams(P("expert"), P("expert"), P("expert"), P("expert"))
