@@ -11,13 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
-@pytest.fixture
-def demo_config():
+def shrunk_demo_config(num_train: int = 256):
   """The demo config, shrunk so that a training run takes seconds."""
   sys.path.insert(0, ROOT)
   from configs import demo
   c = demo.get_config()
-  c.data.synthetic.num_train = 256
+  c.data.synthetic.num_train = num_train
   c.data.synthetic.num_val = 64
   c.data.synthetic.num_test = 64
   c.data.batch_size = 32
@@ -27,3 +26,8 @@ def demo_config():
   c.train.warmup_epochs = 1
   c.train.log_every_steps = 1
   return c
+
+
+@pytest.fixture
+def demo_config():
+  return shrunk_demo_config()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, shrunk_demo_config
 from medvlmoe_jax.data import pipeline, synthetic
 from medvlmoe_jax.eval.predict import Predictor
 from medvlmoe_jax.train.checkpointing import Checkpointer
@@ -24,17 +24,9 @@ NUM_CLASSES, SIZE = 6, 32
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  sys.path.insert(0, ROOT)
-  from configs import demo
-  c = demo.get_config()
-  c.data.synthetic.num_train = 128
-  c.data.synthetic.num_val = 64
-  c.data.synthetic.num_test = 64
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 64
+  c = shrunk_demo_config(num_train=128)
   c.eval.n_boot = 10
   c.train.epochs = 1
-  c.train.warmup_epochs = 1
   root = tmp_path_factory.mktemp("predict")
   workdir = str(root / "run")
   train_and_evaluate(c, workdir)

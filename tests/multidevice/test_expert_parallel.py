@@ -4,6 +4,7 @@ gradients), experts are really split, dropped counts match the naive reference."
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -12,10 +13,9 @@ from medvlmoe_jax import sharding
 from medvlmoe_jax.moe import dispatch, expert_parallel, routing
 from medvlmoe_jax.moe.dispatch import ExpertParams
 from medvlmoe_jax.moe.reference import naive_moe
-from medvlmoe_jax.moe.layer import SparseMoE
-import ml_collections
+from moe_layers import K, W, make_layer
 
-K, W, H, T = 8, 12, 16, 64
+T = 64
 MESHES = [(1, 8), (2, 4), (8, 1), (4, 2)]
 
 
@@ -24,12 +24,8 @@ def mesh_of(shape):
 
 
 def layer_and_tokens(capacity_factor=None, seed=0, num_tokens=T):
-  layer = SparseMoE(W, H, num_experts=K, top_k=2, capacity_factor=capacity_factor,
-                    rngs=nnx.Rngs(params=seed))
-  rng = np.random.default_rng(seed)
-  layer.router[...] = jnp.asarray(rng.normal(0, 1.0, (W, K)), jnp.float32)
-  layer.b1[...] = jnp.asarray(rng.normal(0, 0.1, (K, H)), jnp.float32)
-  layer.b2[...] = jnp.asarray(rng.normal(0, 0.1, (K, W)), jnp.float32)
+  layer = make_layer(capacity_factor, seed)
+  rng = np.random.default_rng(seed + 1)
   x = jnp.asarray(rng.normal(size=(num_tokens, W)), jnp.float32)
   valid = jnp.asarray(np.arange(num_tokens) % 5 != 3)
   return layer, x, valid
