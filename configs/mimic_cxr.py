@@ -11,9 +11,4 @@ from medvlmoe_jax import config as config_lib
 
 
 def get_config(arg=None):
-  c = config_lib.paper_recipe(config_lib.defaults(), "mimic_cxr", num_classes=14, task="multilabel")
-  if arg == "small":
-    config_lib.small_from_scratch(c, image_size=64)
-  elif arg is not None:
-    raise ValueError(f"unknown config argument {arg!r} (known: small)")
-  return c
+  return config_lib.dataset_recipe("mimic_cxr", num_classes=14, task="multilabel", arg=arg)

@@ -11,9 +11,5 @@ from medvlmoe_jax import config as config_lib
 
 
 def get_config(arg=None):
-  c = config_lib.paper_recipe(config_lib.defaults(), "pathmnist", num_classes=9, task="multiclass")
-  if arg == "small":
-    config_lib.small_from_scratch(c, image_size=28)
-  elif arg is not None:
-    raise ValueError(f"unknown config argument {arg!r} (known: small)")
-  return c
+  return config_lib.dataset_recipe("pathmnist", num_classes=9, task="multiclass",
+                                   arg=arg, small_image_size=28)

@@ -11,9 +11,5 @@ from medvlmoe_jax import config as config_lib
 
 
 def get_config(arg=None):
-  c = config_lib.paper_recipe(config_lib.defaults(), "retinamnist", num_classes=5, task="ordinal")
-  if arg == "small":
-    config_lib.small_from_scratch(c, image_size=28)
-  elif arg is not None:
-    raise ValueError(f"unknown config argument {arg!r} (known: small)")
-  return c
+  return config_lib.dataset_recipe("retinamnist", num_classes=5, task="ordinal",
+                                   arg=arg, small_image_size=28)

@@ -12,9 +12,8 @@ from medvlmoe_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.paper_recipe(config_lib.defaults(), "retinamnist28", num_classes=5,
-                              task="ordinal", image_size=28)
-  config_lib.small_from_scratch(c, image_size=28)
+  c = config_lib.dataset_recipe("retinamnist28", num_classes=5, task="ordinal", arg="small",
+                                small_image_size=28)
   c.data.batch_size = 32
   c.data.augment.enabled = True
   c.data.augment.hflip = True        # fundus photographs: no laterality convention to keep

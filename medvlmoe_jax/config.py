@@ -155,6 +155,18 @@ def small_from_scratch(config: ml_collections.ConfigDict, image_size: int) -> No
   config.train.log_every_steps = 10
 
 
+def dataset_recipe(name: str, num_classes: int, task: str, arg: str | None = None,
+                   small_image_size: int = 64) -> ml_collections.ConfigDict:
+  """A dataset config file's `get_config(arg)`: the paper's recipe, or with arg 'small'
+  (`--config configs/NAME.py:small`) tiny encoders from scratch at `small_image_size`."""
+  c = paper_recipe(defaults(), name, num_classes=num_classes, task=task)
+  if arg == "small":
+    small_from_scratch(c, image_size=small_image_size)
+  elif arg is not None:
+    raise ValueError(f"unknown config argument {arg!r} (known: small)")
+  return c
+
+
 def _flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   keys = set()
   for k, v in c.items():
