@@ -26,45 +26,25 @@ import sys
 
 from absl import app, flags
 
-from medvlmoe_jax.data import chexpert
-from medvlmoe_jax.data.prep import BadInputError, Problems, format_manifest
+from medvlmoe_jax.data import chexpert, prep
 
-flags.DEFINE_string("src", None, "CheXpert folder (with valid.csv/train.csv) or its parent.")
-flags.DEFINE_string("out", None, "Output folder for records and manifest.json.")
-flags.DEFINE_integer("image_size", 224, "Side of the stored square images.")
-flags.DEFINE_bool("check", False, "Validate and print statistics; write nothing.")
-flags.DEFINE_bool("labels_only", False, "With --check: read the CSVs only.")
-flags.DEFINE_bool("skip_bad", False, "Count and skip bad input instead of stopping.")
-flags.DEFINE_string("policy", chexpert.DEFAULT_POLICY,
-                    "Uncertainty policy, e.g. u_ones or 'Edema=u_ones,default=u_ignore'.")
-flags.DEFINE_bool("frontal_only", True, "Keep frontal views only.")
+prep.define_cxr_flags(chexpert.DEFAULT_POLICY)
 flags.DEFINE_float("val_fraction", 0.1, "Fraction of train patients for the val split.")
 flags.DEFINE_integer("seed", 0, "Seed of the patient-wise val split.")
-flags.DEFINE_integer("num_workers", None, "Image decoding threads.")
-flags.mark_flag_as_required("src")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  problems = Problems(skip_bad=FLAGS.skip_bad)
-  try:
-    chexpert.parse_policy(FLAGS.policy)   # a typo fails before any reading
-    if FLAGS.check:
-      print(chexpert.format_check(chexpert.check(FLAGS.src, FLAGS.labels_only, problems)))
-      return 0
-    if not FLAGS.out:
-      raise app.UsageError("--out is required unless --check is given")
-    print(format_manifest(chexpert.prepare(
-        FLAGS.src, FLAGS.out, FLAGS.image_size, problems, policy=FLAGS.policy,
-        frontal_only=FLAGS.frontal_only, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
-        num_workers=FLAGS.num_workers), FLAGS.out))
-  except (BadInputError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return prep.run_script(
+      validate=lambda: chexpert.parse_policy(FLAGS.policy),   # a typo fails before any reading
+      check=lambda problems: chexpert.format_check(
+          chexpert.check(FLAGS.src, FLAGS.labels_only, problems)),
+      prepare=lambda problems: chexpert.prepare(
+          FLAGS.src, FLAGS.out, FLAGS.image_size, problems, policy=FLAGS.policy,
+          frontal_only=FLAGS.frontal_only, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
+          num_workers=FLAGS.num_workers))
 
 
 if __name__ == "__main__":
-  # The error messages of `Problems` spell the flag --skip-bad; accept that spelling too.
-  app.run(main, argv=["--skip_bad" if a == "--skip-bad" else a for a in sys.argv])
+  app.run(main, argv=prep.script_argv(sys.argv))

@@ -26,44 +26,23 @@ import sys
 
 from absl import app, flags
 
-from medvlmoe_jax.data import chexpert, mimic_cxr
-from medvlmoe_jax.data.prep import BadInputError, Problems, format_manifest
+from medvlmoe_jax.data import chexpert, mimic_cxr, prep
 
-flags.DEFINE_string("src", None, "MIMIC-CXR-JPG 2.0.0 folder.")
+prep.define_cxr_flags(chexpert.DEFAULT_POLICY)
 flags.DEFINE_string("reports", None, "Folder with the reports' files/ tree.")
-flags.DEFINE_string("out", None, "Output folder for records and manifest.json.")
-flags.DEFINE_integer("image_size", 224, "Side of the stored square images.")
-flags.DEFINE_bool("check", False, "Validate and print statistics; write nothing.")
-flags.DEFINE_bool("labels_only", False, "With --check: read the CSVs only.")
-flags.DEFINE_bool("skip_bad", False, "Count and skip bad input instead of stopping.")
-flags.DEFINE_string("policy", chexpert.DEFAULT_POLICY,
-                    "Uncertainty policy, e.g. u_ones or 'Edema=u_ones,default=u_ignore'.")
-flags.DEFINE_bool("frontal_only", True, "Keep PA/AP views only.")
-flags.DEFINE_integer("num_workers", None, "Image decoding threads.")
-flags.mark_flag_as_required("src")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  problems = Problems(skip_bad=FLAGS.skip_bad)
-  try:
-    chexpert.parse_policy(FLAGS.policy)   # a typo fails before any reading
-    if FLAGS.check:
-      stats = mimic_cxr.check(FLAGS.src, FLAGS.labels_only, problems, reports=FLAGS.reports)
-      print(chexpert.format_check(stats))
-      return 0
-    if not FLAGS.out:
-      raise app.UsageError("--out is required unless --check is given")
-    print(format_manifest(mimic_cxr.prepare(
-        FLAGS.src, FLAGS.out, FLAGS.image_size, problems, policy=FLAGS.policy,
-        frontal_only=FLAGS.frontal_only, reports=FLAGS.reports, num_workers=FLAGS.num_workers), FLAGS.out))
-  except (BadInputError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return prep.run_script(
+      validate=lambda: chexpert.parse_policy(FLAGS.policy),   # a typo fails before any reading
+      check=lambda problems: chexpert.format_check(
+          mimic_cxr.check(FLAGS.src, FLAGS.labels_only, problems, reports=FLAGS.reports)),
+      prepare=lambda problems: mimic_cxr.prepare(
+          FLAGS.src, FLAGS.out, FLAGS.image_size, problems, policy=FLAGS.policy,
+          frontal_only=FLAGS.frontal_only, reports=FLAGS.reports, num_workers=FLAGS.num_workers))
 
 
 if __name__ == "__main__":
-  # The error messages of `Problems` spell the flag --skip-bad; accept that spelling too.
-  app.run(main, argv=["--skip_bad" if a == "--skip-bad" else a for a in sys.argv])
+  app.run(main, argv=prep.script_argv(sys.argv))

@@ -48,3 +48,47 @@ def format_manifest(manifest: dict, out: str) -> str:
   skipped = manifest["skipped"]["counts"]
   lines.append("  skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"))
   return "\n".join(lines)
+
+
+def define_cxr_flags(policy_default: str) -> None:
+  """The flags the CheXpert-labelled scripts (chexpert.py, mimic_cxr.py) share."""
+  from absl import flags
+  flags.DEFINE_string("src", None, "The dataset folder as released.", required=True)
+  flags.DEFINE_string("out", None, "Output folder for records and manifest.json.")
+  flags.DEFINE_integer("image_size", 224, "Side of the stored square images.")
+  flags.DEFINE_bool("check", False, "Validate and print statistics; write nothing.")
+  flags.DEFINE_bool("labels_only", False, "With --check: read the CSVs only.")
+  flags.DEFINE_bool("skip_bad", False, "Count and skip bad input instead of stopping.")
+  flags.DEFINE_string("policy", policy_default,
+                      "Uncertainty policy, e.g. u_ones or 'Edema=u_ones,default=u_ignore'.")
+  flags.DEFINE_bool("frontal_only", True, "Keep frontal (PA/AP) views only.")
+  flags.DEFINE_integer("num_workers", None, "Image decoding threads.")
+
+
+def run_script(check, prepare, validate=None) -> int:
+  """A data_prep script's main: `validate()` the flags, then with --check print
+  `check(problems)`, else print what `prepare(problems)` wrote (its manifest); bad input
+  ends in one 'error:' line and status 1."""
+  import sys
+
+  from absl import app, flags
+  f = flags.FLAGS
+  problems = Problems(skip_bad=f.skip_bad)
+  try:
+    if validate is not None:
+      validate()
+    if f.check:
+      print(check(problems))
+      return 0
+    if not f.out:
+      raise app.UsageError("--out is required unless --check is given")
+    print(format_manifest(prepare(problems), f.out))
+  except (BadInputError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def script_argv(argv: list[str]) -> list[str]:
+  """The error messages of `Problems` spell the flag --skip-bad; accept that spelling too."""
+  return ["--skip_bad" if a == "--skip-bad" else a for a in argv]
