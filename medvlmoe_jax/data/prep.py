@@ -46,7 +46,8 @@ def format_manifest(manifest: dict, out: str) -> str:
     lines.append(f"  {name:<8}{info['num_examples']:>10,}{info['num_patients']:>10,}"
                  f"{len(info['files']):>8}")
   skipped = manifest["skipped"]["counts"]
-  lines.append("  skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"))
+  counts = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+  lines.append(f"  skipped: {counts or 'none'}")
   return "\n".join(lines)
 
 
