@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from medvlmoe_jax.train.optimizer import path_str
+from medvlmoe_jax.tree import path_str
 
 AXES = ("data", "expert")
 BATCH = P(AXES)                       # leading (batch or token) axis over every device

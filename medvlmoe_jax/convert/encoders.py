@@ -25,7 +25,8 @@ from flax import nnx
 
 from medvlmoe_jax.convert import biogpt, clip
 from medvlmoe_jax.convert.checkpoint_io import read_config, read_state_dict, resolve_source
-from medvlmoe_jax.convert.mapping import ConversionError, assign, flatten, nest, param_shapes, rename
+from medvlmoe_jax.convert.mapping import ConversionError, assign, param_shapes, rename
+from medvlmoe_jax.tree import flatten, nest
 from medvlmoe_jax.models.medvlmoe import compute_dtype
 from medvlmoe_jax.models.text import BioGpt
 from medvlmoe_jax.models.vision import CLIPVisionTransformer

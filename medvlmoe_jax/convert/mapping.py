@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from medvlmoe_jax.train.optimizer import path_str
+from medvlmoe_jax.tree import path_str
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "copy": lambda x: x,
@@ -68,28 +68,6 @@ def rename(source: dict[str, np.ndarray], rules, targets: dict[str, tuple],
       problems.append(f"{title}:\n    " + "\n    ".join(items))
   if problems:
     raise ConversionError(f"{what}: " + "\n  ".join(problems))
-  return out
-
-
-def nest(flat: dict[str, np.ndarray]) -> dict:
-  """'a/0/b' keys -> nested dicts with string keys (what Orbax saves)."""
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}/"))
-    else:
-      out[prefix + str(k)] = v
   return out
 
 

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medvlmoe_jax.models.layers import Attention, dense, embedding_table, layer_norm
+from medvlmoe_jax.models.layers import Attention, embedding_table, layer_norm
+from medvlmoe_jax.nn import dense
 
 GATE_MODES = ("modality", "feature", "none")
 

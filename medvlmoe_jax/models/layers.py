@@ -7,34 +7,12 @@ conversion is a renaming, not a reinterpretation.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-_INIT = nnx.initializers.normal(stddev=0.02)
-
-
-def quick_gelu(x: jax.Array) -> jax.Array:
-  """CLIP's activation: x * sigmoid(1.702 x)."""
-  return x * jax.nn.sigmoid(1.702 * x)
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  """Exact (erf) GELU, as torch.nn.GELU() and BioGPT compute it."""
-  return jax.nn.gelu(x, approximate=False)
-
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "quick_gelu": quick_gelu,
-    "gelu": gelu,
-}
-
-
-def dense(d_in: int, d_out: int, *, dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=_INIT, rngs=rngs)
+from medvlmoe_jax.nn import INIT, dense
 
 
 def layer_norm(width: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -43,7 +21,7 @@ def layer_norm(width: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNor
 
 
 def embedding_table(rows: int, width: int, rngs: nnx.Rngs) -> nnx.Param:
-  return nnx.Param(_INIT(rngs.params(), (rows, width), jnp.float32))
+  return nnx.Param(INIT(rngs.params(), (rows, width), jnp.float32))
 
 
 # Score tensors above this many bytes are computed a batch chunk at a time on CPUs, so that
@@ -111,18 +89,6 @@ class Attention(nnx.Module):
     q = heads_first(self.q_proj(x)) * (1.0 / math.sqrt(head_dim))
     out = blocked_attention(q, heads_first(self.k_proj(kv)), heads_first(self.v_proj(kv)), mask)
     return self.out_proj(out.transpose(0, 2, 1, 3).reshape(batch, q_len, width))
-
-
-class MLP(nnx.Module):
-  """fc1 -> activation -> fc2."""
-
-  def __init__(self, width: int, hidden: int, activation: str, *, dtype, rngs: nnx.Rngs):
-    self.activation = activation
-    self.fc1 = dense(width, hidden, dtype=dtype, rngs=rngs)
-    self.fc2 = dense(hidden, width, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
 
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:

@@ -16,7 +16,8 @@ from flax import nnx
 
 from medvlmoe_jax.models.fusion import (BidirectionalCrossAttention, ModalityGate,
                                         StreamProjection)
-from medvlmoe_jax.models.layers import dense, last_token_index, layer_norm, take_rows
+from medvlmoe_jax.models.layers import last_token_index, layer_norm, take_rows
+from medvlmoe_jax.nn import dense
 from medvlmoe_jax.models.text import BioGpt
 from medvlmoe_jax.models.vision import CLIPVisionTransformer
 from medvlmoe_jax.moe.layer import DenseFFN, SparseMoE

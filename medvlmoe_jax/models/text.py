@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medvlmoe_jax.models.layers import MLP, Attention, embedding_table, layer_norm
+from medvlmoe_jax.models.layers import Attention, embedding_table, layer_norm
+from medvlmoe_jax.nn import MLP
 
 POSITION_OFFSET = 2  # BioGPT (fairseq) reserves the first two position rows.
 

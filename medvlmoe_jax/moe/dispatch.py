@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from medvlmoe_jax.models.layers import gelu
+from medvlmoe_jax.nn import gelu
 from medvlmoe_jax.moe import grouped_matmul
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from medvlmoe_jax.models.layers import gelu
+from medvlmoe_jax.nn import gelu
 from medvlmoe_jax.moe import dispatch
 from medvlmoe_jax.moe.dispatch import ExpertParams
 

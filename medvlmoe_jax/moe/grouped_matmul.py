@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from medvlmoe_jax.models.layers import gelu
+from medvlmoe_jax.nn import gelu
 
 
 def block_sizes(num_rows: int, num_experts: int) -> tuple[int, ...]:

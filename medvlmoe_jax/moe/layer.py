@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medvlmoe_jax.models.layers import MLP
+from medvlmoe_jax.nn import INIT, MLP
 from medvlmoe_jax.moe import dispatch, expert_parallel, routing
 
-_INIT = nnx.initializers.normal(stddev=0.02)
 
 
 class SparseMoE(nnx.Module):
@@ -30,10 +29,10 @@ class SparseMoE(nnx.Module):
     self.num_experts, self.top_k = num_experts, top_k
     self.capacity_factor, self.alpha, self.dtype = capacity_factor, alpha, dtype
     key = lambda: rngs.params()
-    self.router = nnx.Param(_INIT(key(), (width, num_experts), jnp.float32))
-    self.w1 = nnx.Param(_INIT(key(), (num_experts, width, hidden), jnp.float32))
+    self.router = nnx.Param(INIT(key(), (width, num_experts), jnp.float32))
+    self.w1 = nnx.Param(INIT(key(), (num_experts, width, hidden), jnp.float32))
     self.b1 = nnx.Param(jnp.zeros((num_experts, hidden), jnp.float32))
-    self.w2 = nnx.Param(_INIT(key(), (num_experts, hidden, width), jnp.float32))
+    self.w2 = nnx.Param(INIT(key(), (num_experts, hidden, width), jnp.float32))
     self.b2 = nnx.Param(jnp.zeros((num_experts, width), jnp.float32))
 
   def experts(self) -> dispatch.ExpertParams:

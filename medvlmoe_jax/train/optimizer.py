@@ -12,20 +12,7 @@ import jax
 import ml_collections
 import optax
 
-
-def path_str(path) -> str:
-  """'vision/layers/0/self_attn/q_proj/kernel' from a jax key path (Variable `.value` dropped)."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.GetAttrKey):
-      continue
-    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-  return "/".join(parts)
-
-
-def tree_paths(tree):
-  """A tree of the same structure whose leaves are their path strings."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
+from medvlmoe_jax.tree import tree_paths
 
 
 def group_labels(params, groups) -> object:
