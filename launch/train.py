@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from medvlmoe_jax import distributed
-from medvlmoe_jax.train.trainer import train_and_evaluate
+from medvlmoe_jax.experiment import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")

@@ -67,7 +67,7 @@ def defaults() -> ml_collections.ConfigDict:
       alpha=0.01))
   c.model.moe.capacity_factor = config_dict.placeholder(float)   # None = dropless
 
-  # --- devices (DESIGN.md §3) ---------------------------------------------------------
+  # --- devices (docs/design.md §3) ----------------------------------------------------
   # -1: expert = the largest device count dividing the experts, data = the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, expert=-1))
 
@@ -79,8 +79,12 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.1
-  # No decay on biases, norms, position tables, class token and modality vectors.
-  c.optim.no_decay = r"(bias|/b1|/b2|/scale|position|class_embedding|modality_type)$"
+  # Weight decay is opt-in by rule (big_vision's wd_mults): (regex on the parameter path,
+  # multiplier of weight_decay); the first match wins and a parameter no rule matches is not
+  # decayed. Decayed: the kernels of linear (and the patch conv) layers, the experts' and the
+  # router's kernels, the token embedding. Not: biases, norms, position tables, class token.
+  c.optim.wd_mults = ((r"/kernel$", 1.0), (r"^moe/(w1|w2|router)$", 1.0),
+                      (r"^text/embed_tokens$", 1.0))
   c.optim.grad_clip = 1.0
   c.optim.loss_scale = ml_collections.ConfigDict(dict(initial=2.0**15, growth_interval=2000))
 
@@ -109,7 +113,7 @@ def apply_size(config: ml_collections.ConfigDict, vision: str, text: str, head: 
 
 def paper_recipe(config: ml_collections.ConfigDict, name: str, num_classes: int, task: str,
                  image_size: int = 224) -> ml_collections.ConfigDict:
-  """The paper's training recipe on a data_prep output directory (DESIGN.md §2, §4):
+  """The paper's training recipe on a data_prep output directory (docs/design.md §2, §4):
   ViT-L/14 + BioGPT from converted weights, d=512, K=8, Top-2, alpha 0.01, AdamW 3e-5 / 1e-4,
   weight decay 0.1, 100 epochs with 10 of warmup, batch 32, patience 15, bf16 compute.
   Every path is a key: --config.data.path, --config.model.init_from, --config.data.tokenizer_path.

@@ -1,4 +1,4 @@
-"""The device mesh and where every array lives on it (DESIGN.md §3).
+"""The device mesh and where every array lives on it (docs/design.md §3).
 
 Mesh axes are ('data', 'expert'). The batch is split over both axes; the stacked expert
 weights (and their optimizer moments) are split over 'expert' on their leading K axis;
@@ -47,7 +47,7 @@ def partition_spec(path: str, ndim: int) -> P:
 def tree_shardings(mesh: Mesh, tree):
   """NamedSharding per leaf of a params / optimizer / train-state tree, by its path."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: NamedSharding(mesh, partition_spec(path_str(p), np.ndim(x))), tree)
+      lambda p, x: NamedSharding(mesh, partition_spec(path_str(p), len(np.shape(x)))), tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

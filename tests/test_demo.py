@@ -7,7 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT
+from test_metric_writer import read_summaries
 
 
 def test_demo_trains_and_eval_reproduces(tmp_path):
@@ -32,3 +35,9 @@ def test_demo_trains_and_eval_reproduces(tmp_path):
   assert evaluated["mean_auc"] == trained["mean_auc"]
   assert evaluated["per_class_auc"] == trained["per_class_auc"]
   assert "mean" in out.stdout and f"{trained['mean_auc']:.4f}" in out.stdout
+  # TensorBoard (tensorboardX, a plain install): the logged scalars and eval.py's figures.
+  scalars, images = read_summaries(os.path.join(workdir, "tensorboard"))
+  assert ("val/val_mean_auc", step) in scalars and any(t == "train/loss" for t, _ in scalars)
+  assert scalars[("test/test_mean_auc", max(s for t, s in scalars if t == "train/loss"))] == (
+      pytest.approx(trained["mean_auc"], abs=1e-6))
+  assert {("test/roc", step), ("test/routing_heatmap", step), ("test/expert_load", step)} <= set(images)

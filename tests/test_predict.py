@@ -17,7 +17,8 @@ from medvlmoe_jax.data import pipeline, synthetic
 from medvlmoe_jax.eval.predict import Predictor
 from medvlmoe_jax.train.checkpointing import Checkpointer
 from medvlmoe_jax.train.step import eval_step
-from medvlmoe_jax.train.trainer import create_experiment, train_and_evaluate
+from medvlmoe_jax.experiment import train_and_evaluate
+from medvlmoe_jax.train.trainer import create_experiment
 
 NUM_CLASSES, SIZE = 6, 32
 

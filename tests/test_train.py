@@ -14,6 +14,7 @@ import pytest
 
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax.data import pipeline
+from medvlmoe_jax.experiment import train_and_evaluate
 from medvlmoe_jax.train import trainer as trainer_lib
 from medvlmoe_jax.train.checkpointing import Checkpointer
 from medvlmoe_jax.train.metric_writer import read_metrics
@@ -155,7 +156,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_config, tmp_path, mo
   monkeypatch.setattr(pipeline, "train_iterator", poisoned)
   workdir = str(tmp_path / "run")
   with pytest.raises(trainer_lib.NonFiniteLossError, match=r"step 6.*checkpoint \(step 4\)"):
-    trainer_lib.train_and_evaluate(demo_config, workdir)
+    train_and_evaluate(demo_config, workdir)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   assert ckpt.all_steps() == [4]
   state, _, _ = ckpt.restore(4, trainer_lib.create_experiment(demo_config).state)
@@ -231,7 +232,7 @@ def test_early_stopping_after_patience(demo_config, tmp_path):
   demo_config.train.eval_every_epochs = 0.5      # every 4 steps
   demo_config.train.patience = 2
   workdir = str(tmp_path / "run")
-  trainer_lib.train_and_evaluate(demo_config, workdir)
+  train_and_evaluate(demo_config, workdir)
   rows = read_metrics(workdir)
   val_steps = [r["step"] for r in rows if r["split"] == "val"]
   assert val_steps == [4, 8, 12]

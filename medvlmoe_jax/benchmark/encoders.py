@@ -21,7 +21,7 @@ from flax import nnx
 
 from medvlmoe_jax.benchmark.timing import time_interleaved
 from medvlmoe_jax.convert.encoders import convert_text, convert_vision
-from medvlmoe_jax.convert.mapping import assign
+from medvlmoe_jax.models.pretrained import assign
 from medvlmoe_jax.models.text import BioGpt
 from medvlmoe_jax.models.vision import CLIPVisionTransformer
 

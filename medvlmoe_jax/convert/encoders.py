@@ -16,7 +16,6 @@ import shutil
 import time
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -25,11 +24,12 @@ from flax import nnx
 
 from medvlmoe_jax.convert import biogpt, clip
 from medvlmoe_jax.convert.checkpoint_io import read_config, read_state_dict, resolve_source
-from medvlmoe_jax.convert.mapping import ConversionError, assign, param_shapes, rename
-from medvlmoe_jax.tree import flatten, nest
+from medvlmoe_jax.convert.mapping import param_shapes, rename
 from medvlmoe_jax.models.medvlmoe import compute_dtype
+from medvlmoe_jax.models.pretrained import assign, init_from, read_part  # noqa: F401 (init_from: API)
 from medvlmoe_jax.models.text import BioGpt
 from medvlmoe_jax.models.vision import CLIPVisionTransformer
+from medvlmoe_jax.tree import nest
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -105,16 +105,6 @@ def convert(out: str, vision: str | None = None, text: str | None = None,
   return summary
 
 
-def read_part(path: str, name: str) -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
-  part = os.path.join(path, name)
-  if not os.path.exists(os.path.join(part, "config.json")):
-    raise FileNotFoundError(f"{part}: no converted {name} encoder (run launch/convert.py)")
-  with open(os.path.join(part, "config.json")) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  tree = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(part), "params"))
-  return cfg, {k: np.asarray(v) for k, v in flatten(tree).items()}
-
-
 def load_vision_encoder(path: str, dtype: str = "float32") -> Callable:
   """f(pixel_values NHWC float32) -> (last_hidden_state, pooler_output), as HF defines them."""
   cfg, params = read_part(path, "vision")
@@ -135,24 +125,3 @@ def load_text_encoder(path: str, dtype: str = "float32") -> Callable:
   assign(model, params, what=f"{path}/text")
   g = nnx.jit(lambda model, ids, mask: model(ids, mask))
   return lambda ids, mask: g(model, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
-
-
-def init_from(model, path: str, model_cfg: ml_collections.ConfigDict) -> list[str]:
-  """Loads converted encoders into a MedVLMoE (its fresh projections, fusion, MoE and head
-  are kept). The converted configs must equal the model's. Returns the parts loaded."""
-  loaded = []
-  for name in ("vision", "text"):
-    module = getattr(model, name, None)
-    if module is None or not os.path.exists(os.path.join(path, name, "config.json")):
-      continue
-    cfg, params = read_part(path, name)
-    mine = model_cfg[name]
-    diff = [f"{k}: converted {cfg[k]} vs model.{name}.{k}={mine[k]}" for k in cfg if mine.get(k) != cfg[k]]
-    if diff:
-      raise ConversionError(f"model.init_from={path}: the {name} config differs from the "
-                            "converted one:\n  " + "\n  ".join(diff))
-    assign(module, params, what=f"{path}/{name}")
-    loaded.append(name)
-  if not loaded:
-    raise FileNotFoundError(f"model.init_from={path}: no converted vision/ or text/ encoder there")
-  return loaded

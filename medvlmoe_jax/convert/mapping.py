@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-import jax
 import numpy as np
 from flax import nnx
 
-from medvlmoe_jax.tree import path_str
+from medvlmoe_jax.models.pretrained import ConversionError
+from medvlmoe_jax.tree import flat_paths
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "copy": lambda x: x,
@@ -23,14 +23,9 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-class ConversionError(ValueError):
-  pass
-
-
 def param_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
   """{'layers/0/self_attn/q_proj/kernel': shape, ...} of a module's nnx.Param leaves."""
-  flat = jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]
-  return {path_str(p): tuple(x.shape) for p, x in flat}
+  return {p: tuple(x.shape) for p, x in flat_paths(nnx.state(module, nnx.Param)).items()}
 
 
 def rename(source: dict[str, np.ndarray], rules, targets: dict[str, tuple],
@@ -69,22 +64,3 @@ def rename(source: dict[str, np.ndarray], rules, targets: dict[str, tuple],
   if problems:
     raise ConversionError(f"{what}: " + "\n  ".join(problems))
   return out
-
-
-def assign(module: nnx.Module, flat: dict[str, np.ndarray], what: str = "parameters") -> None:
-  """Writes flat {path: array} into the module's nnx.Params (every path must exist, shapes
-  must agree; parameters not in `flat` keep their values)."""
-  state = nnx.state(module, nnx.Param)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-  by_path = {path_str(p): i for i, (p, _) in enumerate(leaves)}
-  unknown = sorted(set(flat) - set(by_path))
-  if unknown:
-    raise ConversionError(f"{what}: the model has no parameters " + ", ".join(unknown))
-  values = [x for _, x in leaves]
-  for path, value in flat.items():
-    i = by_path[path]
-    if tuple(values[i].shape) != tuple(np.shape(value)):
-      raise ConversionError(f"{what}: {path} has shape {np.shape(value)}, the model expects "
-                            f"{tuple(values[i].shape)}")
-    values[i] = jax.numpy.asarray(value, values[i].dtype)
-  nnx.update(module, jax.tree_util.tree_unflatten(treedef, values))

@@ -234,10 +234,11 @@ def train_iterator(split, batch_size: int, seed: int, worker_count: int = 0,
 def eval_batches(split, batch_size: int,
                  rows: slice | None = None) -> Iterator[tuple[dict, np.ndarray]]:
   """(this process's rows, global valid mask) per fixed-size batch, in order; the last batch
-  is padded by repeating its final row."""
+  is padded by repeating its final row, and the rows carry their mask as batch['valid'] so
+  that the model can keep padding out of routing."""
   n = len(split)
   rows = slice(None) if rows is None else rows
   for start in range(0, n, batch_size):
     index = np.minimum(np.arange(start, start + batch_size), n - 1)
     valid = np.arange(start, start + batch_size) < n
-    yield normalize(split.gather(index[rows])), valid
+    yield dict(normalize(split.gather(index[rows])), valid=valid[rows]), valid

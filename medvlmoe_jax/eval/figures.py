@@ -3,6 +3,11 @@ Figure 3) and expert load over training.
 
 Matplotlib's Agg backend is selected before pyplot is imported so that figures
 can be written on headless training hosts.
+
+Each function takes an optional ``written`` dict and, once its PNG is saved, sets
+``written[name] = png_path`` (name: "roc", "routing_heatmap", "expert_load"); a figure that
+is not written (expert_load without data) adds nothing. Hand the PNGs to TensorBoard with
+``MetricWriter.write_figures(step, {f"{split}/{name}": path for name, path in written.items()})``.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path: str, written: dict | None, name: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=150, bbox_inches="tight")
   plt.close(fig)
+  if written is not None:
+    written[name] = path
 
 
-def roc_curves(labels, probs, class_names, path: str, label_mask=None) -> dict[str, float]:
+def roc_curves(labels, probs, class_names, path: str, label_mask=None, *,
+               written: dict | None = None) -> dict[str, float]:
   """One ROC curve per class on a single plot; returns {class name: AUC} of the plotted ones.
 
   Entries with ``label_mask`` False (e.g. uncertain labels) are left out of
@@ -62,12 +70,12 @@ def roc_curves(labels, probs, class_names, path: str, label_mask=None) -> dict[s
   ax.legend(loc="lower right", fontsize=7)
   if skipped:
     fig.text(0.01, 0.005, "no ROC (single outcome): " + ", ".join(skipped), fontsize=7)
-  _save(fig, path)
+  _save(fig, path, written, "roc")
   return aucs
 
 
 def routing_heatmap(labels, expert_index, class_names, num_experts: int, png_path: str,
-                    csv_path: str) -> np.ndarray:
+                    csv_path: str, *, written: dict | None = None) -> np.ndarray:
   """Share of each class's top-k expert assignments that go to each expert.
 
   Cell (c, e) = (number of (example, slot) pairs with ``expert_index[n, j] ==
@@ -129,11 +137,11 @@ def routing_heatmap(labels, expert_index, class_names, num_experts: int, png_pat
   ax.set_title(f"Share of each class's top-{k} assignments per expert (uniform = {1 / num_experts:.3g})",
                fontsize=9)
   fig.colorbar(im, ax=ax, label="share of assignments")
-  _save(fig, png_path)
+  _save(fig, png_path, written, "routing_heatmap")
   return matrix
 
 
-def expert_load(metrics_rows, png_path: str) -> None:
+def expert_load(metrics_rows, png_path: str, *, written: dict | None = None) -> None:
   """Expert load (share of routing assignments per expert) against training step.
 
   ``metrics_rows`` are parsed ``metrics.jsonl`` rows; only rows with
@@ -161,4 +169,4 @@ def expert_load(metrics_rows, png_path: str) -> None:
          title=f"Expert load during training (K = {num_experts})")
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
   ax.grid(alpha=0.3)
-  _save(fig, png_path)
+  _save(fig, png_path, written, "expert_load")

@@ -13,13 +13,11 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
 
 from medvlmoe_jax.data import pipeline, records, synthetic
 from medvlmoe_jax.data.preprocess import load_image, resize_and_crop
 from medvlmoe_jax.eval.run import load_config, resolve_step
-from medvlmoe_jax.models.medvlmoe import build_model
+from medvlmoe_jax.models.medvlmoe import abstract_model
 from medvlmoe_jax.train import losses
 from medvlmoe_jax.train.checkpointing import Checkpointer
 from medvlmoe_jax.train.step import forward
@@ -106,20 +104,6 @@ def class_names(config) -> list[str]:
   return [str(k) for k in range(n)]   # medmnist: the labels are the class indices
 
 
-def restore_params(ckpt: Checkpointer, step: int, abstract_params):
-  """Only `state.params` of checkpoint `step`, onto the default device."""
-  if step not in ckpt.all_steps():
-    raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory} "
-                            f"(have {ckpt.all_steps()})")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = {"params": jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)}
-  out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True)))
-  return out["state"]["params"]
-
-
 class Predictor:
   """One trained model, ready to classify single examples."""
 
@@ -142,9 +126,8 @@ class Predictor:
     try:
       step = resolve_step(ckpt, str(checkpoint))
       # Shapes only: the checkpoint provides every value.
-      model = nnx.eval_shape(lambda: build_model(config.model, seed=config.seed))
-      graphdef, abstract = nnx.split(model, nnx.Param)
-      params = restore_params(ckpt, step, abstract)
+      _, graphdef, abstract = abstract_model(config.model, config.seed)
+      params = ckpt.restore_params(step, abstract)
     finally:
       ckpt.close()
     return cls(config, graphdef, params, class_names(config), step)

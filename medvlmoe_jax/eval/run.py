@@ -8,8 +8,14 @@ import os
 import ml_collections
 import numpy as np
 
+from medvlmoe_jax import sharding
+from medvlmoe_jax.data import pipeline
+from medvlmoe_jax.eval import evaluate
 from medvlmoe_jax.eval import metrics as metrics_lib
+from medvlmoe_jax.models.medvlmoe import abstract_model
 from medvlmoe_jax.train.checkpointing import Checkpointer
+from medvlmoe_jax.train.metric_writer import MetricWriter, read_metrics
+from medvlmoe_jax.train.step import jit_eval_step
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -38,47 +44,56 @@ def resolve_step(ckpt: Checkpointer, which: str) -> int:
     raise ValueError(f"--checkpoint must be best, latest or a step number, not {which!r}") from None
 
 
-def write_figures(workdir: str, out_dir: str, arrays, out: dict, class_names, config) -> None:
+def write_figures(workdir: str, out_dir: str, arrays, out: dict, class_names, config,
+                  step: int, split: str) -> None:
   """ROC curves; the expert-routing heatmap (share of each class's examples sent to each
-  expert, the paper's Figure 3) when routing is per example; expert load over training."""
+  expert, the paper's Figure 3) when routing is per example; expert load over training. Each
+  is a PNG in `out_dir` and an image in the workdir's TensorBoard events (tag SPLIT/NAME)."""
   from medvlmoe_jax.eval import figures
-  from medvlmoe_jax.train.metric_writer import read_metrics
+  written: dict = {}
   figures.roc_curves(arrays.labels, out["probs"], class_names, os.path.join(out_dir, "roc.png"),
-                     label_mask=arrays.label_mask)
+                     label_mask=arrays.label_mask, written=written)
   if "expert_index" in out:
     figures.routing_heatmap(arrays.labels, out["expert_index"], class_names,
                             config.model.moe.num_experts, os.path.join(out_dir, "routing_heatmap.png"),
-                            os.path.join(out_dir, "routing_heatmap.csv"))
+                            os.path.join(out_dir, "routing_heatmap.csv"), written=written)
   if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    figures.expert_load(read_metrics(workdir), os.path.join(out_dir, "expert_load.png"))
+    figures.expert_load(read_metrics(workdir), os.path.join(out_dir, "expert_load.png"),
+                        written=written)
+  writer = MetricWriter(workdir)
+  writer.write_figures(step, {f"{split}/{name}": path for name, path in written.items()})
+  writer.close()
 
 
 def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best",
                      out_dir: str | None = None) -> dict:
-  from medvlmoe_jax.eval import evaluate
-  from medvlmoe_jax.train.trainer import create_experiment
-
+  """Restores only the parameters of one checkpoint (onto the run's mesh) and evaluates a
+  split: no optimizer state is built and no converted encoder is re-read."""
   config = load_config(workdir)
-  exp = create_experiment(config)
-  if split not in exp.data.splits:
-    raise ValueError(f"unknown split {split!r}; have {sorted(exp.data.splits)}")
+  mesh = sharding.make_mesh(config.mesh, config.model.moe.num_experts)
+  sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  data = pipeline.load_dataset(config)
+  if split not in data.splits:
+    raise ValueError(f"unknown split {split!r}; have {sorted(data.splits)}")
+  _, graphdef, abstract = abstract_model(config.model, config.seed)
+  shardings = sharding.tree_shardings(mesh, abstract)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-  step = resolve_step(ckpt, checkpoint)
-  state, _, _ = ckpt.restore(step, exp.state)
-  _, eval_fn = exp.jitted()
-  arrays = exp.data.splits[split]
-  out = evaluate.predict(eval_fn, state.params, arrays, config.data.eval_batch_size, exp.mesh)
-  rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
-                        n_boot=config.eval.n_boot, seed=config.eval.seed,
-                        task=config.data.task, dataset=exp.data.name)
+  try:
+    step = resolve_step(ckpt, checkpoint)
+    params = ckpt.restore_params(step, abstract, shardings)
+  finally:
+    ckpt.close()
+  eval_fn = jit_eval_step(graphdef, config.data.task, mesh, shardings)
+  rep, out = evaluate.evaluate_split(eval_fn, params, data, split, config, mesh)
   rep.update(split=split, checkpoint_step=step)
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(rep, f, indent=2)
+  arrays = data.splits[split]
   np.savez(os.path.join(out_dir, "predictions.npz"), labels=arrays.labels,
            label_mask=arrays.label_mask, **out)
-  write_figures(workdir, out_dir, arrays, out, exp.data.class_names, config)
+  write_figures(workdir, out_dir, arrays, out, data.class_names, config, step, split)
   rep["table"] = metrics_lib.format_table(rep)
   rep["out_dir"] = out_dir
   return rep

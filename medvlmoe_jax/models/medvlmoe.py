@@ -1,6 +1,6 @@
 """MedVLMoE: vision + text streams -> cross-attention fusion -> gate -> sparse MoE -> classifier.
 
-Every ablation of the paper's Table 2 is a config switch here (DESIGN.md §2):
+Every ablation of the paper's Table 2 is a config switch here (docs/design.md §2):
 `moe.enabled=False` replaces the MoE by one FFN as wide as the top_k active experts;
 `fusion.enabled=False` concatenates the pooled projected streams; `text.enabled=False`
 drops the text stream (the head then works on the d-wide vision vector);
@@ -79,14 +79,19 @@ class MedVLMoE(nnx.Module):
       y = self.moe_norm(x + y.astype(x.dtype))
     return y, aux
 
-  def __call__(self, image, input_ids=None, attention_mask=None):
-    """Returns (logits (B, C) float32, aux dict of named auxiliary losses and routing info)."""
+  def __call__(self, image, input_ids=None, attention_mask=None, valid=None):
+    """Returns (logits (B, C) float32, aux dict of named auxiliary losses and routing info).
+
+    `valid` (B,) bool marks real examples; padding rows (False) are computed but never
+    routed: they take no expert capacity and stay out of the load-balance statistics.
+    """
+    batch = image.shape[0]
+    valid = jnp.ones((batch,), bool) if valid is None else valid.astype(bool)
     v = self.vision(image)
     v = self.vision.post_layernorm(v)
     if self.vision_only:
       return self.classifier(v[:, 0]).astype(jnp.float32), {}
     zv = self.vision_proj(v)
-    batch = zv.shape[0]
     if self.use_text:
       if input_ids is None or attention_mask is None:
         raise ValueError("the text stream is enabled but no input_ids/attention_mask were given")
@@ -97,11 +102,11 @@ class MedVLMoE(nnx.Module):
       last = last_token_index(attention_mask)
 
     if self.granularity == "token":
-      tokens, valid = zv, jnp.ones(zv.shape[:2], bool)
+      tokens, routed = zv, jnp.broadcast_to(valid[:, None], zv.shape[:2])
       if self.use_text:
         tokens = jnp.concatenate([zv, zt], axis=1)
-        valid = jnp.concatenate([valid, attention_mask > 0], axis=1)
-      y, aux = self._moe(tokens.reshape(-1, tokens.shape[-1]), valid.reshape(-1))
+        routed = jnp.concatenate([routed, valid[:, None] & (attention_mask > 0)], axis=1)
+      y, aux = self._moe(tokens.reshape(-1, tokens.shape[-1]), routed.reshape(-1))
       y = y.reshape(tokens.shape)
       zv = y[:, :zv.shape[1]]
       if self.use_text:
@@ -119,7 +124,7 @@ class MedVLMoE(nnx.Module):
       f = fv
 
     if self.granularity == "sample":
-      f, aux = self._moe(f, jnp.ones((batch,), bool))
+      f, aux = self._moe(f, valid)
     if gate is not None:
       aux = dict(aux, gate=gate)
     return self.classifier(f).astype(jnp.float32), aux
@@ -127,6 +132,14 @@ class MedVLMoE(nnx.Module):
 
 def build_model(model_cfg: ml_collections.ConfigDict, seed: int = 0) -> MedVLMoE:
   return MedVLMoE(model_cfg, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(model_cfg: ml_collections.ConfigDict, seed: int = 0):
+  """(abstract model, graphdef, abstract params): shapes and structure with no parameter
+  allocated, for building state where it lives or restoring it from a checkpoint."""
+  model = nnx.eval_shape(lambda: build_model(model_cfg, seed))
+  graphdef, params = nnx.split(model, nnx.Param)
+  return model, graphdef, params
 
 
 def count_params(module: nnx.Module) -> int:

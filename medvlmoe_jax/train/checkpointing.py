@@ -63,6 +63,23 @@ class Checkpointer:
         trainer=ocp.args.JsonRestore()))
     return out["state"], out["data"], out["trainer"]
 
+  def restore_params(self, step: int, abstract_params, shardings=None):
+    """Only `state.params` of checkpoint `step` (an Orbax partial restore: no optimizer
+    state is read or built), placed by `shardings` (default: the first device)."""
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                              f"(have {self.all_steps()})")
+    if shardings is None:
+      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      shardings = jax.tree.map(lambda _: device, abstract_params)
+    target = {"params": jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_params,
+        shardings)}
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+    return out["state"]["params"]
+
   def read_trainer(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(trainer=ocp.args.JsonRestore()))["trainer"]
 

@@ -2,6 +2,8 @@
 
 Each group gets linear warmup then cosine decay to zero; a group whose lr is 0 is frozen
 (`optax.set_to_zero`: no update, no Adam moments). Global-norm clipping sees all groups.
+Weight decay is opt-in by path rule (`optim.wd_mults`), so that a new parameter kind (a
+position table, a norm) is never decayed by accident.
 """
 
 from __future__ import annotations
@@ -24,8 +26,26 @@ def group_labels(params, groups) -> object:
   return jax.tree.map(label, tree_paths(params))
 
 
-def decay_mask(params, no_decay: str):
-  return jax.tree.map(lambda p: re.search(no_decay, p) is None, tree_paths(params))
+def decay_multipliers(params, wd_mults) -> object:
+  """The weight-decay multiplier of every parameter: the first matching (regex, mult) rule's
+  mult, 0 when no rule matches (decay is opt-in)."""
+  def mult(path: str) -> float:
+    for pattern, m in wd_mults:
+      if re.search(pattern, path):
+        return float(m)
+    return 0.0
+  return jax.tree.map(mult, tree_paths(params))
+
+
+def _adamw(schedule, optim, mults) -> optax.GradientTransformation:
+  """optax.adamw with per-parameter decay multipliers: one masked `add_decayed_weights` per
+  distinct multiplier (adamw itself is scale_by_adam -> add_decayed_weights -> lr)."""
+  values = sorted({m for m in jax.tree.leaves(mults) if m != 0.0})
+  decays = [optax.add_decayed_weights(optim.weight_decay * v,
+                                      mask=jax.tree.map(lambda m, v=v: m == v, mults))
+            for v in values if optim.weight_decay]
+  return optax.chain(optax.scale_by_adam(b1=optim.b1, b2=optim.b2), *decays,
+                     optax.scale_by_learning_rate(schedule))
 
 
 def schedules(optim: ml_collections.ConfigDict, steps_per_epoch: int, epochs: float,
@@ -46,9 +66,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, params, scheds: dict[str, o
     if float(optim.lr[name]) == 0.0:
       transforms[name] = optax.set_to_zero()
     else:
-      transforms[name] = optax.adamw(scheds[name], b1=optim.b1, b2=optim.b2,
-                                     weight_decay=optim.weight_decay,
-                                     mask=decay_mask(params, optim.no_decay))
+      transforms[name] = _adamw(scheds[name], optim, decay_multipliers(params, optim.wd_mults))
   tx = optax.multi_transform(transforms, group_labels(params, optim.groups))
   if optim.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)

@@ -25,7 +25,8 @@ class TrainState:
 
 def forward(graphdef, params, batch):
   model = nnx.merge(graphdef, params)
-  return model(batch["image"], batch.get("input_ids"), batch.get("attention_mask"))
+  return model(batch["image"], batch.get("input_ids"), batch.get("attention_mask"),
+               valid=batch.get("valid"))
 
 
 def loss_fn(params, graphdef, batch, task: str, scale):
@@ -63,30 +64,39 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
 
 
 def eval_step(params, batch, *, graphdef, task: str):
-  """Probabilities plus routing decisions, for metrics and the routing heatmap."""
+  """Probabilities plus routing decisions, for metrics and the routing heatmap. Rows with
+  batch['valid'] False (padding) take no part in routing."""
   logits, aux = forward(graphdef, params, batch)
-  out = {"probs": losses.probabilities(logits, task)}
+  out = {"probs": losses.probabilities(logits, task),
+         "dropped_tokens": aux.get("dropped_tokens", jnp.zeros((), jnp.int32))}
   if "expert_index" in aux and aux["expert_index"].shape[0] == logits.shape[0]:
     out["expert_index"] = aux["expert_index"]
   return out
 
 
-def jit_steps(graphdef, tx, task, schedules, mesh, state_shardings):
-  """The two steps, compiled for `mesh`: the state keeps its shardings across steps (and is
-  donated), batches arrive split over ('data', 'expert'). Tracing happens under the mesh so
-  that the MoE layer dispatches with shard_map when the mesh has several devices."""
-  batch = sharding.batch_sharding(mesh)
-  train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task,
-                                    schedules=schedules),
-                  in_shardings=(state_shardings, batch), out_shardings=(state_shardings, None),
-                  donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
-                     in_shardings=(state_shardings.params, batch), out_shardings=batch)
+def _under_mesh(fn, mesh):
+  """Traced under the mesh, so that the MoE layer dispatches with shard_map when the mesh
+  has several devices."""
+  @functools.wraps(fn)
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+  return call
 
-  def under_mesh(fn):
-    @functools.wraps(fn)
-    def call(*args):
-      with jax.set_mesh(mesh):
-        return fn(*args)
-    return call
-  return under_mesh(train), under_mesh(evaluate)
+
+def jit_train_step(graphdef, tx, task, schedules, mesh, state_shardings):
+  """The state keeps its shardings across steps (and is donated); batches arrive split over
+  ('data', 'expert')."""
+  fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task,
+                                 schedules=schedules),
+               in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+               out_shardings=(state_shardings, None), donate_argnums=0)
+  return _under_mesh(fn, mesh)
+
+
+def jit_eval_step(graphdef, task, mesh, param_shardings):
+  """Output shardings are left to XLA: per-example outputs follow the batch, the dropped
+  count (a scalar) is replicated."""
+  fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
+               in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
+  return _under_mesh(fn, mesh)

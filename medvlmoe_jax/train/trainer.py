@@ -1,7 +1,8 @@
-"""`train_and_evaluate(config, workdir)`: the whole run, resumable at any checkpoint.
+"""The training run: `create_experiment(config)` builds it, `train(exp, workdir, validate)`
+runs the loop (log, validate, early-stop, checkpoint), resumable at any checkpoint.
 
-config -> data -> model -> optimizer -> jitted step -> loop (log, evaluate, early-stop,
-checkpoint) -> best checkpoint -> test report.
+How a validation score is computed is the caller's (`medvlmoe_jax.experiment` passes the
+evaluation's mean AUC), so that training never imports evaluation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import sys
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +26,13 @@ from tqdm import tqdm
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax import sharding
 from medvlmoe_jax.data import pipeline
-from medvlmoe_jax.eval import evaluate, metrics as metrics_lib
-from medvlmoe_jax.models.medvlmoe import build_model
+from medvlmoe_jax.models.medvlmoe import abstract_model, build_model
+from medvlmoe_jax.models.pretrained import model_parts, overwrite, pretrained_params
 from medvlmoe_jax.train import optimizer as optim_lib
 from medvlmoe_jax.train.checkpointing import BEST_METRIC, Checkpointer
 from medvlmoe_jax.train.loss_scale import DynamicLossScale
 from medvlmoe_jax.train.metric_writer import MetricWriter
-from medvlmoe_jax.train.step import TrainState, jit_steps
+from medvlmoe_jax.train.step import TrainState, jit_eval_step, jit_train_step
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything a run (or an evaluation of one) needs, built from the config alone."""
+  """Everything a training run needs, built from the config alone."""
   config: ml_collections.ConfigDict
   data: pipeline.Dataset
   graphdef: object
@@ -55,8 +57,36 @@ class Experiment:
   state_shardings: object
 
   def jitted(self):
-    return jit_steps(self.graphdef, self.tx, self.config.data.task, self.schedules, self.mesh,
-                     self.state_shardings)
+    """(train step, eval step), compiled for the mesh."""
+    task = self.config.data.task
+    return (jit_train_step(self.graphdef, self.tx, task, self.schedules, self.mesh,
+                           self.state_shardings),
+            jit_eval_step(self.graphdef, task, self.mesh, self.state_shardings.params))
+
+
+def init_state(config: ml_collections.ConfigDict, tx, mesh, pretrained: dict | None = None):
+  """(train state, its shardings). The state is made by one jitted function whose outputs
+  are placed by `out_shardings`: every parameter and optimizer moment is created on the
+  devices that hold it (each device computes its own expert shard), with no host copy and
+  no `device_put` of a finished state. `pretrained` ({path: array}, converted encoders) is
+  an argument of that function, so the loaded weights are copied once, to their devices."""
+  pretrained = pretrained or {}
+  loss_scale = config.optim.loss_scale
+
+  def init(pretrained):
+    _, params = nnx.split(build_model(config.model, seed=config.seed), nnx.Param)
+    if pretrained:
+      params = overwrite(params, pretrained, what=config.model.init_from)
+    scale = None
+    if config.model.dtype == "float16":
+      scale = DynamicLossScale.create(loss_scale.initial, loss_scale.growth_interval)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      loss_scale=scale)
+
+  shardings = sharding.tree_shardings(mesh, jax.eval_shape(init, pretrained))
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)(pretrained)
+  return state, shardings
 
 
 def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
@@ -68,28 +98,21 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
   if config.model.text.enabled and data.vocab_size > config.model.text.vocab_size:
     raise config_lib.ConfigError(f"the tokenizer has {data.vocab_size} tokens but "
                                  f"model.text.vocab_size={config.model.text.vocab_size}")
-  model = build_model(config.model, seed=config.seed)
-  if config.model.init_from:
-    from medvlmoe_jax.convert.encoders import init_from
-    loaded = init_from(model, config.model.init_from, config.model)
-    log.info("encoders %s initialised from %s", loaded, config.model.init_from)
-  graphdef, params = nnx.split(model, nnx.Param)
-  counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in params.items()}
+  model, graphdef, abstract = abstract_model(config.model, config.seed)
+  counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in abstract.items()}
   steps_per_epoch = len(data.splits["train"]) // config.data.batch_size
   total = max(int(round(config.train.epochs * steps_per_epoch)), 1)
   if config.train.max_steps is not None:
     total = min(total, config.train.max_steps)
   schedules = optim_lib.schedules(config.optim, steps_per_epoch, config.train.epochs,
                                   config.train.warmup_epochs)
-  tx = optim_lib.make_optimizer(config.optim, params, schedules)
-  loss_scale = None
-  if config.model.dtype == "float16":
-    loss_scale = DynamicLossScale.create(config.optim.loss_scale.initial,
-                                         config.optim.loss_scale.growth_interval)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     loss_scale=loss_scale)
-  shardings = sharding.tree_shardings(mesh, state)
-  state = jax.device_put(state, shardings)
+  tx = optim_lib.make_optimizer(config.optim, abstract, schedules)
+  pretrained = None
+  if config.model.init_from:
+    pretrained = pretrained_params(config.model.init_from, config.model, model_parts(model))
+    log.info("encoders %s initialised from %s", sorted({k.split("/")[0] for k in pretrained}),
+             config.model.init_from)
+  state, shardings = init_state(config, tx, mesh, pretrained)
   return Experiment(config, data, graphdef, state, tx, schedules, steps_per_epoch, total, counts,
                     mesh, shardings)
 
@@ -100,15 +123,6 @@ def _check_finite(rows: list[dict], last_good: int | None):
       raise NonFiniteLossError(
           f"non-finite loss ({float(row['loss'])}) at step {row['step']}; stopping. The last good "
           f"checkpoint (step {last_good}) was not overwritten.")
-
-
-def _evaluate(exp: Experiment, eval_fn, params, split: str) -> tuple[dict, dict]:
-  arrays = exp.data.splits[split]
-  out = evaluate.predict(eval_fn, params, arrays, exp.config.data.eval_batch_size, exp.mesh)
-  rep = evaluate.report(arrays, out["probs"], exp.data.class_names, exp.data.groups.get(split),
-                        n_boot=exp.config.eval.n_boot, seed=exp.config.eval.seed,
-                        task=exp.config.data.task, dataset=exp.data.name)
-  return rep, out
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str):
@@ -129,14 +143,12 @@ def write_summary(exp: Experiment, workdir: str) -> dict:
   return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
-  exp = create_experiment(config)
-  main_process = jax.process_index() == 0
-  if main_process:
-    save_config(config, workdir)
-  write_summary(exp, workdir)
-  train_fn, eval_fn = exp.jitted()
+def train(exp: Experiment, workdir: str, validate: Callable[[object], float | None],
+          writer: MetricWriter | None = None) -> dict:
+  """The loop; `validate(params)` gives the validation mean AUC that early stopping and the
+  best checkpoint go by. Returns the trainer record (best_step, best_auc, ...)."""
+  config = exp.config
+  train_fn, _ = exp.jitted()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
                                        seed=config.seed, worker_count=config.data.worker_count,
@@ -149,14 +161,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, data_state, trainer = ckpt.restore(start, state)
     train_iter.set_state(data_state)
     log.info("resumed from checkpoint step %d", start)
-  writer = MetricWriter(workdir) if main_process else None
   eval_every = max(1, int(round(config.train.eval_every_epochs * exp.steps_per_epoch)))
   log_every = max(1, config.train.log_every_steps)
   step = int(state.step)
   pending: list[tuple[int, dict]] = []
   t0, n0 = time.time(), step
 
-  bar = tqdm(total=exp.total_steps, initial=step, disable=not (main_process and sys.stderr.isatty()),
+  bar = tqdm(total=exp.total_steps, initial=step,
+             disable=not (jax.process_index() == 0 and sys.stderr.isatty()),
              desc="train", dynamic_ncols=True)
   while step < exp.total_steps and not trainer["stopped"]:
     batch = sharding.put_batch(next(train_iter), exp.mesh)
@@ -179,11 +191,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                mean["load_balance_loss"], rate)
       pending, t0, n0 = [], time.time(), step
     if is_eval:
-      rep, _ = _evaluate(exp, eval_fn, state.params, "val")
-      auc = rep["mean_auc"]
+      auc = validate(state.params)
       if writer:
         writer.write(step, {BEST_METRIC: auc}, split="val")
-      log.info("step %d val mean AUC %.4f", step, auc)
+      log.info("step %d val mean AUC %s", step, "n/a" if auc is None else f"{auc:.4f}")
       if auc is not None and (trainer["best_auc"] is None or auc > trainer["best_auc"]):
         trainer.update(best_auc=auc, best_step=step, bad_evals=0)
       else:
@@ -194,18 +205,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    config.train.patience)
       ckpt.save(step, state, train_iter.get_state(), trainer, metrics={BEST_METRIC: auc})
   bar.close()
-
-  best = trainer["best_step"]
-  if best is None:
-    raise RuntimeError("training ended without an evaluation; nothing to test")
-  best_state, _, _ = ckpt.restore(best, state)
-  rep, _ = _evaluate(exp, eval_fn, best_state.params, "test")
-  rep.update(split="test", checkpoint_step=best)
-  if writer:
-    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
-      json.dump(rep, f, indent=2)
-    writer.write(step, {"test_mean_auc": rep["mean_auc"]}, split="test", checkpoint_step=best)
-    print(metrics_lib.format_table(rep))
-    writer.close()
   ckpt.close()
-  return rep
+  trainer["last_step"] = step
+  return trainer

@@ -10,6 +10,7 @@ import pytest
 
 from medvlmoe_jax import sharding
 from medvlmoe_jax.data import pipeline
+from medvlmoe_jax.experiment import train_and_evaluate
 from medvlmoe_jax.train import step as step_lib
 from medvlmoe_jax.train import trainer as trainer_lib
 from medvlmoe_jax.train.checkpointing import Checkpointer
@@ -103,7 +104,7 @@ def test_trainer_on_a_mesh_writes_the_summary(config, tmp_path, capsys):
   config.mesh.data, config.mesh.expert = 2, 4
   config.train.epochs = 1
   workdir = str(tmp_path / "run")
-  rep = trainer_lib.train_and_evaluate(config, workdir)
+  rep = train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   assert summary["mesh"] == {"data": 2, "expert": 4} and summary["num_devices"] == 8
