@@ -11,7 +11,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from medvlmoe_jax.eval import ablations
+from medvlmoe_jax import ablations
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _ROOT = flags.DEFINE_string("root", None, "Directory for the variants' workdirs.", required=True)

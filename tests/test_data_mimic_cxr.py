@@ -226,6 +226,10 @@ def test_prepare_follows_split_csv_labels_and_text(tmp_path):
   assert by_id[IMAGES[3][0]]["text"] == "A chest radiograph, AP view."   # no indication
   assert by_id[IMAGES[4][0]]["text"] == ("History: Fever and productive cough for three days. "
                                          "Comparison: Chest radiograph from ___.")
+  # prepare composes every text with clinical_text (the function tested above).
+  for dicom, _, study, view, _ in IMAGES:
+    if dicom in by_id:
+      assert by_id[dicom]["text"] == mimic_cxr.clinical_text(REPORTS[study], view)
   for e in by_id.values():
     for study, phrases in FINDINGS.items():
       for phrase in phrases:

@@ -126,12 +126,10 @@ def view_sentence(view_position: str = "") -> str:
 
 def clinical_text(report: str, view_position: str = "") -> str:
   """The text stream's input: 'Indication: ... History: ... Comparison: ...', or the view
-  sentence when the report has none of those sections."""
-  return _joined(clinical_sections(report)) or view_sentence(view_position)
-
-
-def _joined(sections: list[tuple[str, str]]) -> str:
-  return " ".join(f"{name}: {body}" for name, body in sections)
+  sentence when the report has none of those sections (the one place the text is composed;
+  `prepare` calls it for every image)."""
+  sections = clinical_sections(report)
+  return " ".join(f"{name}: {body}" for name, body in sections) or view_sentence(view_position)
 
 
 # ---------------------------------------------------------------------------- source tables
@@ -319,16 +317,15 @@ def prepare(src: str, out: str, image_size: int = 224, problems: Problems | None
   if frontal_only:
     images = [im for im in images if im.frontal]
   root = reports_root(src, reports)
-  texts: dict[str, str | None] = {}   # per study: None for a bad report, "" for no sections
+  study_reports: dict[str, str | None] = {}   # read once per study; None for a bad report
   items = {name: [] for name in SPLITS.values()}
   for im in images:
-    if im.study_id not in texts:
-      report = read_report(im, root, problems)
-      texts[im.study_id] = None if report is None else _joined(clinical_sections(report))
-    text = texts[im.study_id]
-    if text is None:
+    if im.study_id not in study_reports:
+      study_reports[im.study_id] = read_report(im, root, problems)
+    report = study_reports[im.study_id]
+    if report is None:
       continue
-    text = text or view_sentence(im.view_position)   # the fallback names this image's view
+    text = clinical_text(report, im.view_position)   # the fallback names this image's view
     labels, mask = chexpert.apply_policy(im.raw, policy)
     items[SPLITS[im.split]].append(chexpert.Item(
         im.where, im.image_path(src), text, labels, mask, "p" + im.subject_id, im.dicom_id))

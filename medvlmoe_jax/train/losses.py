@@ -7,19 +7,16 @@ import jax.numpy as jnp
 import optax
 
 
-def classification_loss(logits, labels, label_mask, task: str, valid=None) -> jax.Array:
-  """Mean loss over the known labels (multilabel) or the valid examples (softmax tasks)."""
+def classification_loss(logits, labels, label_mask, task: str) -> jax.Array:
+  """Mean loss over the known labels (multilabel) or over the examples (softmax tasks)."""
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.float32)
-  batch = logits.shape[0]
-  valid = jnp.ones((batch,), jnp.float32) if valid is None else valid.astype(jnp.float32)
   if task == "multilabel":
-    weight = label_mask.astype(jnp.float32) * valid[:, None]
+    weight = label_mask.astype(jnp.float32)
     per_label = optax.sigmoid_binary_cross_entropy(logits, labels)
     return jnp.sum(per_label * weight) / jnp.maximum(jnp.sum(weight), 1.0)
   if task in ("multiclass", "ordinal"):
-    per_example = optax.softmax_cross_entropy(logits, labels)
-    return jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    return jnp.mean(optax.softmax_cross_entropy(logits, labels))
   raise ValueError(f"unknown task {task!r}")
 
 

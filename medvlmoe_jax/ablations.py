@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from medvlmoe_jax.experiment import train_and_evaluate
+
 VARIANTS = {
     "full": {},
     "no MoE": {"model.moe.enabled": False},
@@ -22,13 +24,11 @@ VARIANTS = {
 
 
 def variant_config(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of config with the dotted-key overrides applied (an unknown key is a KeyError)."""
   c = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.lock()                                  # so that an unknown key raises, not adds a field
+  c.update_from_flattened_dict(overrides)
+  c.unlock()
   return c
 
 
@@ -39,7 +39,6 @@ def slug(name: str) -> str:
 def run(config: ml_collections.ConfigDict, root: str, variants=None) -> str:
   """Trains every variant into root/<variant> (resuming finished or partial runs) and
   returns the markdown table, also written to root/ablations.md."""
-  from medvlmoe_jax.train.trainer import train_and_evaluate
   rows = {}
   for name in variants or VARIANTS:
     workdir = os.path.join(root, slug(name))

@@ -1,0 +1,65 @@
+"""Imports run one way: config -> data -> models/moe -> train -> eval -> the run, with the
+neutral helpers at the bottom (docs/design.md, "Layout"). Every import in the package, at
+module level or inside a function, must point to the same layer or below."""
+
+import ast
+import os
+
+from conftest import ROOT
+
+# Lower numbers sit lower. A module may import its own package and anything below it.
+LAYERS = {
+    "config": 0, "tree": 0, "nn": 0,
+    "sharding": 1, "distributed": 1,
+    "data": 2,
+    "moe": 3,
+    "models": 4,
+    "train": 6,
+    "eval": 7,
+    "experiment": 8, "convert": 8,    # convert: a tool beside the run, not under it
+    "ablations": 9, "benchmark": 9,
+}
+
+
+def _unit(module: str) -> str:
+  """'medvlmoe_jax.train.step' -> 'train'."""
+  return module.split(".")[1]
+
+
+def _imports(path: str):
+  with open(path) as f:
+    tree = ast.parse(f.read(), path)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("medvlmoe_jax"):
+      if node.module == "medvlmoe_jax":        # from medvlmoe_jax import sharding, config
+        for alias in node.names:
+          yield node.lineno, alias.name
+      else:
+        yield node.lineno, _unit(node.module)
+    elif isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.name.startswith("medvlmoe_jax."):
+          yield node.lineno, _unit(alias.name)
+
+
+def test_no_import_runs_back_up():
+  package = os.path.join(ROOT, "medvlmoe_jax")
+  upward, seen = [], set()
+  for folder, _, files in os.walk(package):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      path = os.path.join(folder, name)
+      rel = os.path.relpath(path, package)
+      unit = rel.split(os.sep)[0].removesuffix(".py")
+      if unit == "__init__":
+        continue
+      assert unit in LAYERS, f"{rel}: module {unit!r} has no layer in this test"
+      seen.add(unit)
+      for line, target in _imports(path):
+        assert target in LAYERS, f"{rel}:{line} imports unknown unit {target!r}"
+        if target != unit and LAYERS[target] >= LAYERS[unit]:
+          upward.append(f"{rel}:{line} ({unit}, layer {LAYERS[unit]}) imports {target} "
+                        f"(layer {LAYERS[target]})")
+  assert seen == set(LAYERS)
+  assert not upward, "imports running up or sideways:\n  " + "\n  ".join(upward)
