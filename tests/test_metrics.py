@@ -10,7 +10,6 @@ from medvlmoe_jax.eval.metrics import (
     fast_auc,
     format_table,
     mean_auc,
-    multiclass_scores_to_onehot,
     per_class_auc,
 )
 
@@ -131,17 +130,10 @@ def test_classification_report_and_table():
     assert f"{report['mean_auc']:.4f}" in table and f"[{low:.4f}, {high:.4f}]" in table
 
 
-def test_multiclass_onehot():
-    y = np.array([0, 2, 1, 2, 0])
-    onehot = multiclass_scores_to_onehot(y, 3)
-    assert onehot.shape == (5, 3) and onehot.dtype == np.float64
-    np.testing.assert_array_equal(onehot.argmax(1), y)
-    np.testing.assert_array_equal(onehot.sum(1), 1.0)
-    with pytest.raises(ValueError):
-        multiclass_scores_to_onehot(np.array([0, 3]), 3)
+def test_one_vs_rest_auc_of_multiclass_scores():
     # One-vs-rest scoring with softmax-like scores.
     rng = np.random.default_rng(10)
     y = rng.integers(0, 4, 300)
-    probs = rng.dirichlet(np.ones(4), 300) + 0.5 * multiclass_scores_to_onehot(y, 4)
-    aucs = per_class_auc(multiclass_scores_to_onehot(y, 4), probs)
+    probs = rng.dirichlet(np.ones(4), 300) + 0.5 * np.eye(4)[y]
+    aucs = per_class_auc(np.eye(4)[y], probs)
     np.testing.assert_allclose(aucs, [roc_auc_score(y == c, probs[:, c]) for c in range(4)], atol=1e-12)

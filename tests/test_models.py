@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medvlmoe_jax import config as config_lib
-from medvlmoe_jax.models.medvlmoe import build_model, count_params
+from medvlmoe_jax.models.medvlmoe import build_model
 
 
 def tiny_model_config(**overrides):

@@ -156,13 +156,3 @@ def format_table(report: dict) -> str:
   if report.get("accuracy") is not None:
     lines.append(f"{'accuracy':<{width}}  {fmt(report['accuracy']):>6}")
   return "\n".join(lines)
-
-
-def multiclass_scores_to_onehot(labels_int, num_classes) -> np.ndarray:
-  """One-hot targets so multi-class tasks can be scored one-vs-rest by per_class_auc."""
-  labels_int = np.asarray(labels_int)
-  if labels_int.ndim != 1:
-    raise ValueError(f"expected (N,) integer labels, got shape {labels_int.shape}")
-  if labels_int.size and (labels_int.min() < 0 or labels_int.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, {num_classes})")
-  return np.eye(num_classes, dtype=np.float64)[labels_int.astype(np.int64)]

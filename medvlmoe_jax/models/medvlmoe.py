@@ -9,7 +9,6 @@ drops the text stream (the head then works on the d-wide vision vector);
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -140,7 +139,3 @@ def abstract_model(model_cfg: ml_collections.ConfigDict, seed: int = 0):
   model = nnx.eval_shape(lambda: build_model(model_cfg, seed))
   graphdef, params = nnx.split(model, nnx.Param)
   return model, graphdef, params
-
-
-def count_params(module: nnx.Module) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
