@@ -1,7 +1,7 @@
 """RetinaMNIST at 28 px with small encoders trained from scratch and the full fusion + MoE
 head: a CPU-sized run (a few minutes per seed on 2 cores).
 
-  python data_prep/medmnist.py --src ../shared/data/retinamnist/retinamnist.npz --out data/retinamnist28
+  python data_prep/medmnist.py --src retinamnist.npz --out data/retinamnist28
   python launch/train.py --config configs/retinamnist_small.py --workdir runs/retina_s0 --config.seed=0
 
 Model selection uses the validation split only (early stopping on val mean AUC); the test

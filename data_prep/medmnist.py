@@ -1,6 +1,6 @@
 """Any 2D MedMNIST set, from its official .npz (28, 64, 128 or 224 px), into records.
 
-  python data_prep/medmnist.py --src ../shared/data/retinamnist/retinamnist.npz --out data/retinamnist
+  python data_prep/medmnist.py --src retinamnist.npz --out data/retinamnist
   python data_prep/medmnist.py --src retinamnist_224.npz --check
 
 The dataset name, task and class names come from `medmnist.INFO` (the name is read from the

@@ -3,7 +3,7 @@
   python launch/convert.py --vision openai/clip-vit-large-patch14 --text microsoft/biogpt \
       --out converted/clip_biogpt
   python launch/convert.py --vision /path/to/saved_clip --text /path/to/saved_biogpt --out DIR
-  python launch/convert.py --tokenizer_release ../shared/data/biogpt_tokenizer --out DIR
+  python launch/convert.py --tokenizer_release DIR_WITH_DICT_TXT_AND_BPECODES --out DIR
 
 SRC is a local `save_pretrained` directory or a hub id (needs network). The tokenizer is
 copied from the text source when it has vocab.json + merges.txt, else built from the
