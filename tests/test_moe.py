@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from medvlmoe_jax.moe import dispatch, grouped_matmul, routing
-from medvlmoe_jax.moe.reference import naive_moe
+from moe_reference import naive_moe
 from moe_layers import H, K, W, make_layer
 
 def reference(layer, x, valid=None, capacity=None):

@@ -1,1 +1,2 @@
-"""Sparse mixture of experts: routing (who goes where), dispatch (how), the layer (params)."""
+"""Sparse mixture of experts: routing (who goes where), experts (the MLP), dispatch (how),
+the layer (parameters)."""

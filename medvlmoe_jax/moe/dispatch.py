@@ -1,41 +1,37 @@
-"""Sending routed tokens to experts and combining their outputs.
+"""Sending routed tokens to their experts and combining the outputs, on one device.
 
-Two dispatchers over the same stacked expert weights `(K, ...)`:
-- `dispatch_dropless`: no token is ever dropped.
-- `dispatch_with_capacity`: a fixed number of slots per expert; the first choices of all
-  tokens are served before any second choice, and assignments past the capacity are dropped
-  (counted, and contribute zero).
-Both give each computed (token, choice) assignment a row of an expert-major buffer and move
-tokens by index: a gather into the rows, a gather of the outputs back, weighted by the
-routing weights. (GShard's one-hot dispatch/combine einsums cost O(T K C w) instead.) The
-rows are laid out as (K, C) slot buffers for a batched einsum ('slots'), or as contiguous
-per-expert segments for grouped matmuls ('ragged' on accelerators, 'blocked' on CPU).
+Each computed (token, choice) assignment gets a row of an expert-major buffer and tokens
+move by index: a gather into the rows, a gather of the outputs back, weighted by the routing
+weights (GShard's one-hot dispatch/combine einsums cost O(T K C w) instead). A capacity C
+serves the first choices of all tokens before any second choice and drops (counts, zeroes)
+assignments past C; capacity None is dropless. The implementations (`IMPLS`) differ only in
+the row layout: (K, C, w) slot buffers ('slots'), or contiguous per-expert segments through
+`jax.lax.ragged_dot` ('ragged', accelerators) or the CPU kernel `grouped_matmul` ('blocked').
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from medvlmoe_jax.nn import gelu
 from medvlmoe_jax.moe import grouped_matmul
+from medvlmoe_jax.moe.experts import ExpertParams, expert_mlp
 
-
-class ExpertParams(NamedTuple):
-  """Stacked weights of K two-layer experts: Linear(w->h) -> GELU -> Linear(h->w)."""
-  w1: jax.Array  # (K, w, h)
-  b1: jax.Array  # (K, h)
-  w2: jax.Array  # (K, h, w)
-  b2: jax.Array  # (K, w)
+# (params, x (T, w), expert_index (T, k), weights (T, k), valid (T,)) -> (y (T, w), dropped).
+Dispatcher = Callable[[ExpertParams, jax.Array, jax.Array, jax.Array, jax.Array],
+                      tuple[jax.Array, jax.Array]]
 
 
 def compute_capacity(num_tokens: int, num_experts: int, top_k: int,
-                     capacity_factor: float) -> int:
-  """GShard capacity: ceil(top_k * tokens / experts * capacity_factor) slots per expert."""
+                     capacity_factor: float | None) -> int | None:
+  """GShard capacity: ceil(top_k * tokens / experts * capacity_factor) slots per expert
+  (None, dropless, for capacity_factor None)."""
+  if capacity_factor is None:
+    return None
   return max(1, math.ceil(top_k * num_tokens / num_experts * capacity_factor))
 
 
@@ -87,86 +83,6 @@ def rows_to_tokens(out: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.A
   return jnp.sum(picked * weights.astype(out.dtype)[..., None], axis=1)
 
 
-def expert_forward(params: ExpertParams, x: jax.Array) -> jax.Array:
-  """All experts on their own slot buffers: x (K, C, w) -> (K, C, w)."""
-  dtype = x.dtype
-  h = jnp.einsum("kcw,kwh->kch", x, params.w1.astype(dtype)) + params.b1.astype(dtype)[:, None]
-  h = gelu(h)
-  return jnp.einsum("kch,khw->kcw", h, params.w2.astype(dtype)) + params.b2.astype(dtype)[:, None]
-
-
-def _grouped(params: ExpertParams, x: jax.Array, expert_index: jax.Array, weights: jax.Array,
-             kept: jax.Array, position: jax.Array, count: jax.Array, impl: str) -> jax.Array:
-  """The kept assignments through their experts, rows grouped by expert (expert e's rows are
-  a contiguous segment; 'blocked' pads each segment to a multiple of its smallest block).
-
-  impl: 'ragged' (`jax.lax.ragged_dot`; on CPU it multiplies every row by every group's
-  weights) or 'blocked' (`grouped_matmul.grouped_mlp`, loops over expert-pure row blocks).
-  """
-  num_tokens, k = expert_index.shape
-  num_experts = params.w1.shape[0]
-  params = ExpertParams(*(p.astype(x.dtype) for p in params))
-  if impl == "blocked":
-    sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
-    size = (count + sizes[-1] - 1) // sizes[-1] * sizes[-1]
-    num_rows = max(num_tokens * k + num_experts * (sizes[-1] - 1), sizes[0])
-  else:
-    size, num_rows = count, num_tokens * k
-  start = jnp.cumsum(size) - size
-  rows = jnp.where(kept, start[expert_index] + position, num_rows)
-  xs = tokens_to_rows(x, rows, num_rows)
-  if impl == "blocked":
-    ys = grouped_matmul.grouped_mlp(params, xs, start, size, sizes)
-  else:
-    row_expert = jnp.searchsorted(jnp.cumsum(count), jnp.arange(num_rows), side="right")
-    row_expert = jnp.minimum(row_expert, num_experts - 1)  # rows past the groups: unused
-    h = gelu(jax.lax.ragged_dot(xs, params.w1, count) + params.b1[row_expert])
-    ys = jax.lax.ragged_dot(h, params.w2, count) + params.b2[row_expert]
-  return rows_to_tokens(ys, rows, weights)
-
-
-# On CPU, up to this many rows per expert (top_k * tokens / K) the experts' time is spent
-# reading weights: slicing one expert's weights costs as much as its matmuls, and the batched
-# einsum over (K, C, w) slot buffers, which reads them in place, is the fastest layout.
-SMALL_ROWS_PER_EXPERT = 32
-
-
-def _default_impl(expert_index: jax.Array, num_experts: int, accelerator: str) -> str:
-  if jax.default_backend() != "cpu":
-    return accelerator
-  rows_per_expert = expert_index.size / num_experts
-  return "slots" if rows_per_expert <= SMALL_ROWS_PER_EXPERT else "blocked"
-
-
-def dispatch_with_capacity(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
-                           weights: jax.Array, valid: jax.Array, capacity: int,
-                           impl: str | None = None) -> tuple[jax.Array, jax.Array]:
-  """At most `capacity` assignments per expert. Returns (y, dropped count).
-
-  impl: 'slots' ((K, capacity, w) slot buffers through a batched einsum: the default on
-  accelerators and for small inputs on CPU) or 'blocked' (the default on CPU otherwise: the
-  kept assignments go through the dropless CPU kernel, which computes no empty slot).
-  """
-  num_experts = params.w1.shape[0]
-  impl = impl or _default_impl(expert_index, num_experts, accelerator="slots")
-  position, count = expert_positions(expert_index, valid, num_experts)
-  if impl == "blocked":
-    kept, dropped = kept_within_capacity(position, valid, capacity)
-    y = _grouped(params, x, expert_index, weights, kept, position, jnp.minimum(count, capacity),
-                 "blocked")
-    return y, dropped
-  return _slots(params, x, expert_index, weights, valid, position, capacity)
-
-
-def _slots(params, x, expert_index, weights, valid, position, capacity):
-  """(y, dropped) through (K, capacity, w) slot buffers."""
-  num_experts = params.w1.shape[0]
-  rows, dropped = slot_rows(expert_index, position, valid, num_experts, capacity)
-  slots = tokens_to_rows(x, rows, num_experts * capacity).reshape(num_experts, capacity, -1)
-  out = expert_forward(params, slots).reshape(num_experts * capacity, -1)
-  return rows_to_tokens(out, rows, weights), dropped
-
-
 def dropless_capacities(num_tokens: int, top_k: int, num_experts: int) -> list[int]:
   """Slot capacities for dropless slot dispatch, to pick from at run time: from
   max(8, mean rows per expert) up to `num_tokens` in steps of sqrt(2). Capacity `num_tokens`
@@ -178,32 +94,92 @@ def dropless_capacities(num_tokens: int, top_k: int, num_experts: int) -> list[i
   return capacities
 
 
-def _dropless_slots(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
-                    weights: jax.Array, valid: jax.Array) -> jax.Array:
-  """Slot dispatch with the smallest of `dropless_capacities` that holds the fullest expert,
-  picked at run time with `lax.switch` (one compiled branch per capacity)."""
+def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
+          *, run=expert_mlp, fullest=lambda n: n, num_experts: int | None = None):
+  """(y, dropped) through (K, C, w) slot buffers, which `run(params, buffers)` passes through
+  the experts (expert parallelism wraps `expert_mlp` in all_to_all; its params hold only its
+  own experts, hence `num_experts`). Dropless: C is the smallest of `dropless_capacities`
+  that holds the `fullest` expert, picked at run time by `lax.switch` (a branch per C)."""
+  num_experts = num_experts or params.w1.shape[0]
+  position, count = expert_positions(expert_index, valid, num_experts)
+
+  def with_capacity(capacity, params, x, expert_index, weights, valid, position):
+    rows, dropped = slot_rows(expert_index, position, valid, num_experts, capacity)
+    buffers = tokens_to_rows(x, rows, num_experts * capacity).reshape(num_experts, capacity, -1)
+    out = run(params, buffers).reshape(num_experts * capacity, -1)
+    return rows_to_tokens(out, rows, weights), dropped
+
+  operands = (params, x, expert_index, weights, valid, position)
+  if capacity is not None:
+    return with_capacity(capacity, *operands)
+  capacities = dropless_capacities(*expert_index.shape, num_experts)
+  branch = jnp.searchsorted(jnp.asarray(capacities), fullest(jnp.max(count)))
+  return jax.lax.switch(branch, [functools.partial(with_capacity, c) for c in capacities],
+                        *operands)
+
+
+def grouped(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
+            *, kernel: str):
+  """(y, dropped) with the kept rows in one contiguous segment per expert, through
+  `jax.lax.ragged_dot` ('ragged'; on CPU it multiplies every row by every group's weights) or
+  `grouped_matmul` ('blocked'; each segment padded to a multiple of its smallest block).
+  Dropless is capacity T: an expert is chosen at most once per token."""
   num_tokens, k = expert_index.shape
   num_experts = params.w1.shape[0]
-  capacities = dropless_capacities(num_tokens, k, num_experts)
+  params = ExpertParams(*(p.astype(x.dtype) for p in params))
   position, count = expert_positions(expert_index, valid, num_experts)
-  branch = jnp.searchsorted(jnp.asarray(capacities), jnp.max(count))
-  y, _ = jax.lax.switch(branch, [functools.partial(_slots, capacity=c) for c in capacities],
-                        params, x, expert_index, weights, valid, position)
-  return y
+  capacity = num_tokens if capacity is None else capacity
+  kept, dropped = kept_within_capacity(position, valid, capacity)
+  count = jnp.minimum(count, capacity)
+  if kernel == "blocked":
+    sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
+    size = (count + sizes[-1] - 1) // sizes[-1] * sizes[-1]
+    num_rows = max(num_tokens * k + num_experts * (sizes[-1] - 1), sizes[0])
+  else:
+    size, num_rows = count, num_tokens * k
+  start = jnp.cumsum(size) - size
+  rows = jnp.where(kept, start[expert_index] + position, num_rows)
+  xs = tokens_to_rows(x, rows, num_rows)
+  if kernel == "blocked":
+    ys = grouped_matmul.grouped_mlp(params, xs, start, size, sizes)
+  else:
+    row_expert = jnp.searchsorted(jnp.cumsum(count), jnp.arange(num_rows), side="right")
+    row_expert = jnp.minimum(row_expert, num_experts - 1)  # rows past the groups: unused
+    ys = expert_mlp(params, xs, dot=lambda a, w: jax.lax.ragged_dot(a, w, count),
+                    bias=lambda b: b[row_expert])
+  return rows_to_tokens(ys, rows, weights), dropped
 
 
-def dispatch_dropless(params: ExpertParams, x: jax.Array, expert_index: jax.Array,
-                      weights: jax.Array, valid: jax.Array, impl: str | None = None) -> jax.Array:
-  """Every valid assignment is computed.
+IMPLS = {"slots": slots, "ragged": functools.partial(grouped, kernel="ragged"),
+         "blocked": functools.partial(grouped, kernel="blocked")}
 
-  impl: 'ragged' (the default on accelerators), 'blocked' (see `_grouped`; the default on
-  CPU) or 'slots' (see `_dropless_slots`; the default on CPU for small inputs, see
-  `SMALL_ROWS_PER_EXPERT`).
-  """
-  num_experts = params.w1.shape[0]
-  impl = impl or _default_impl(expert_index, num_experts, accelerator="ragged")
-  if impl == "slots":
-    return _dropless_slots(params, x, expert_index, weights, valid)
-  position, count = expert_positions(expert_index, valid, num_experts)
-  kept = jnp.broadcast_to(valid[:, None], expert_index.shape)
-  return _grouped(params, x, expert_index, weights, kept, position, count, impl)
+# On CPU, up to this many rows per expert (top_k * tokens / K) the experts' time is spent
+# reading weights: slicing one expert's weights costs as much as its matmuls, and the batched
+# matmul over (K, C, w) slot buffers, which reads them in place, is the fastest layout.
+SMALL_ROWS_PER_EXPERT = 32
+
+
+def default_impl(expert_index: jax.Array, num_experts: int, dropless: bool,
+                 backend: str | None = None) -> str:
+  """Accelerators: 'ragged' dropless, 'slots' with a capacity. CPU: 'slots' for small inputs,
+  else the 'blocked' kernel (with a capacity on the kept rows: it computes no empty slot)."""
+  if (backend or jax.default_backend()) != "cpu":
+    return "ragged" if dropless else "slots"
+  return "slots" if expert_index.size / num_experts <= SMALL_ROWS_PER_EXPERT else "blocked"
+
+
+def dispatch(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
+             impl: str | None = None, backend: str | None = None):
+  """(y, dropped) on one device: at most `capacity` assignments per expert (None: dropless),
+  through `IMPLS[impl]` (default: `default_impl`)."""
+  impl = impl or default_impl(expert_index, params.w1.shape[0], capacity is None, backend)
+  return IMPLS[impl](params, x, expert_index, weights, valid, capacity)
+
+
+dispatch_with_capacity = dispatch
+
+
+def dispatch_dropless(params: ExpertParams, x, expert_index, weights, valid,
+                      impl: str | None = None) -> jax.Array:
+  """y with every valid assignment computed."""
+  return dispatch(params, x, expert_index, weights, valid, None, impl)[0]

@@ -1,5 +1,5 @@
-"""The experts' MLP on expert-major rows, as loops over row blocks with a hand-written
-backward pass: the CPU path of dispatch (dropless, and with capacity on the kept rows).
+"""The experts' MLP on expert-major rows, as loops over row blocks (`experts.expert_mlp` per
+block) with a hand-written backward pass: the CPU kernel of the 'blocked' dispatch.
 
 `jax.lax.ragged_dot` on CPU multiplies every row by every group's weights. Here the rows of
 expert e are the segment [start[e], start[e] + size[e]) of the buffer, `size[e]` a multiple of
@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from medvlmoe_jax.moe.experts import expert_mlp
 from medvlmoe_jax.nn import gelu
 
 
@@ -44,33 +45,32 @@ def _blocks(sizes, start, size):
 
 
 def _forward(params, x, start, size, sizes, keep_pre):
-  w1, b1, w2, b2 = params
-  out = jnp.zeros_like(x, shape=(x.shape[0], w2.shape[2]))
-  pre = jnp.zeros_like(x, shape=(x.shape[0], w1.shape[2])) if keep_pre else None
+  out = jnp.zeros_like(x, shape=(x.shape[0], params[2].shape[2]))
+  pre = jnp.zeros_like(x, shape=(x.shape[0], params[0].shape[2])) if keep_pre else None
 
   def expert(e, carry):
-    w1e, b1e, w2e, b2e = w1[e], b1[e], w2[e], b2[e]
+    expert_params = [p[e] for p in params]
     for block, first, count in _blocks(sizes, start[e], size[e]):
       def step(i, carry, block=block, first=first):
         out, pre = carry
         row = first + i * block
-        h = jax.lax.dynamic_slice_in_dim(x, row, block) @ w1e + b1e
-        out = jax.lax.dynamic_update_slice_in_dim(out, gelu(h) @ w2e + b2e, row, 0)
+        y, h = expert_mlp(expert_params, jax.lax.dynamic_slice_in_dim(x, row, block),
+                          with_pre=True)
+        out = jax.lax.dynamic_update_slice_in_dim(out, y, row, 0)
         if keep_pre:
           pre = jax.lax.dynamic_update_slice_in_dim(pre, h, row, 0)
         return out, pre
       carry = jax.lax.fori_loop(0, count, step, carry)
     return carry
-  return jax.lax.fori_loop(0, w1.shape[0], expert, (out, pre))
+  return jax.lax.fori_loop(0, params[0].shape[0], expert, (out, pre))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def grouped_mlp(params, x: jax.Array, start: jax.Array, size: jax.Array,
                 sizes: tuple[int, ...]) -> jax.Array:
-  """gelu(x @ w1[e] + b1[e]) @ w2[e] + b2[e] for the rows of each expert's segment; rows
-  outside every segment give zeros. params: (w1 (K, w, h), b1 (K, h), w2 (K, h, w), b2 (K, w));
-  x (rows, w); start, size (K,) int, size a multiple of sizes[-1], segments inside x;
-  sizes from `block_sizes`."""
+  """`expert_mlp` with expert e's weights on the rows of its segment; rows outside every
+  segment give zeros. params: stacked (K, ...) `ExpertParams`; x (rows, w); start, size (K,)
+  int, size a multiple of sizes[-1], segments inside x; sizes from `block_sizes`."""
   return _forward(params, x, start, size, sizes, keep_pre=False)[0]
 
 

@@ -1,6 +1,8 @@
-"""The MoE layer: parameters only; the math lives in `routing` and `dispatch`."""
+"""The MoE layer: parameters, routing and the dispatcher that runs the experts."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,23 @@ from flax import nnx
 
 from medvlmoe_jax.nn import INIT, MLP
 from medvlmoe_jax.moe import dispatch, expert_parallel, routing
+from medvlmoe_jax.moe.experts import ExpertParams
 
+
+def make_dispatcher(capacity_factor: float | None, mesh=None, impl: str | None = None,
+                    backend: str | None = None) -> dispatch.Dispatcher:
+  """Expert-parallel (`shard_map` + `all_to_all`) under a mesh of more than one device, else
+  `dispatch.dispatch` with the GShard capacity for the number of tokens (`impl`, `backend`:
+  see `dispatch.default_impl`)."""
+  if mesh is not None and not mesh.empty and mesh.size > 1:
+    return functools.partial(expert_parallel.dispatch_expert_parallel,
+                             capacity_factor=capacity_factor, mesh=mesh)
+
+  def single_device(params, x, expert_index, weights, valid):
+    capacity = dispatch.compute_capacity(x.shape[0], params.w1.shape[0], expert_index.shape[1],
+                                         capacity_factor)
+    return dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl, backend)
+  return single_device
 
 
 class SparseMoE(nnx.Module):
@@ -16,9 +34,9 @@ class SparseMoE(nnx.Module):
 
   Expert weights are stacked on a leading `K` axis so that expert parallelism is a sharding
   of that axis: traced under a mesh of more than one device (`jax.set_mesh`), dispatch runs
-  in `shard_map` with `all_to_all` (see `expert_parallel`); otherwise on one device. `__call__` takes tokens (T, w) and a validity mask (T,) and returns
-  (y, aux) where aux holds the load-balance loss, the dropped-assignment count and the
-  routing decisions for analysis.
+  in `shard_map` with `all_to_all` (see `make_dispatcher`). `__call__` takes tokens (T, w)
+  and a validity mask (T,) and returns (y, aux) where aux holds the load-balance loss, the
+  dropped-assignment count and the routing decisions for analysis.
   """
 
   def __init__(self, width: int, hidden: int, *, num_experts: int = 8, top_k: int = 2,
@@ -35,26 +53,15 @@ class SparseMoE(nnx.Module):
     self.w2 = nnx.Param(INIT(key(), (num_experts, hidden, width), jnp.float32))
     self.b2 = nnx.Param(jnp.zeros((num_experts, width), jnp.float32))
 
-  def experts(self) -> dispatch.ExpertParams:
-    return dispatch.ExpertParams(self.w1[...], self.b1[...], self.w2[...], self.b2[...])
+  def experts(self) -> ExpertParams:
+    return ExpertParams(self.w1[...], self.b1[...], self.w2[...], self.b2[...])
 
   def __call__(self, x: jax.Array, valid: jax.Array | None = None):
     valid = jnp.ones(x.shape[0], bool) if valid is None else valid.astype(bool)
     probs = routing.router_probabilities(x, self.router[...])
     expert_index, weights = routing.top_k_routing(probs, self.top_k)
-    x = x.astype(self.dtype)
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.size > 1:
-      y, dropped = expert_parallel.dispatch_expert_parallel(
-          self.experts(), x, expert_index, weights, valid, capacity_factor=self.capacity_factor)
-    elif self.capacity_factor is None:
-      y = dispatch.dispatch_dropless(self.experts(), x, expert_index, weights, valid)
-      dropped = jnp.zeros((), jnp.int32)
-    else:
-      capacity = dispatch.compute_capacity(x.shape[0], self.num_experts, self.top_k,
-                                           self.capacity_factor)
-      y, dropped = dispatch.dispatch_with_capacity(self.experts(), x, expert_index, weights,
-                                                   valid, capacity)
+    dispatcher = make_dispatcher(self.capacity_factor, jax.sharding.get_abstract_mesh())
+    y, dropped = dispatcher(self.experts(), x.astype(self.dtype), expert_index, weights, valid)
     aux = {
         "load_balance_loss": routing.load_balance_loss(probs, expert_index, valid, self.alpha),
         "dropped_tokens": dropped,

@@ -10,9 +10,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from medvlmoe_jax import sharding
-from medvlmoe_jax.moe import dispatch, expert_parallel, routing
+from medvlmoe_jax.moe import dispatch, routing
 from medvlmoe_jax.moe.dispatch import ExpertParams
-from medvlmoe_jax.moe.reference import naive_moe
+from moe_reference import grouped_capacity_reference, naive_moe
 from moe_layers import K, W, make_layer
 
 T = 64
@@ -89,7 +89,7 @@ def test_capacity_sharded_equals_grouped_single_device(shape, capacity_factor):
   mesh = mesh_of(shape)
   got = run_layer(layer, x, valid, mesh)
   index, weights = routing.top_k_routing(routing.router_probabilities(x, layer.router[...]), 2)
-  y_ref, dropped_ref = expert_parallel.grouped_capacity_reference(
+  y_ref, dropped_ref = grouped_capacity_reference(
       layer.experts(), x, index, weights, valid, num_groups=8, capacity_factor=capacity_factor)
   np.testing.assert_allclose(got[1], np.asarray(y_ref), rtol=1e-5, atol=1e-5)
   assert int(got[2]) == int(dropped_ref)

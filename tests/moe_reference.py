@@ -1,14 +1,19 @@
-"""A deliberately naive MoE in NumPy: Python loops over tokens and experts.
+"""References the MoE tests compare against; never used in training.
 
-It is the executable specification the tests compare the vectorised routing and dispatch
-against; never used in training.
+`naive_moe`: a deliberately naive MoE in NumPy, Python loops over tokens and experts, the
+executable specification of routing and dispatch. `grouped_capacity_reference`: the
+single-device twin of the expert-parallel dispatch, which the sharded one must equal.
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from medvlmoe_jax.moe import dispatch
 
 
 def _gelu(x):
@@ -68,3 +73,19 @@ def naive_moe(x, router_kernel, w1, b1, w2, b2, valid=None, top_k=2, capacity=No
   lb = alpha * num_experts * float(np.sum(f * p_mean))
   return dict(y=y, expert_index=expert_index, weights=weights, probs=probs, dropped=dropped,
               load_balance_loss=lb)
+
+
+def grouped_capacity_reference(params, x, expert_index, weights, valid, *, num_groups: int,
+                               capacity_factor: float | None):
+  """Single-device twin of the sharded dispatch: contiguous token groups, capacity per group
+  (dropless: capacity = tokens per group)."""
+  num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
+  tokens_local = x.shape[0] // num_groups
+  capacity = (tokens_local if capacity_factor is None else
+              dispatch.compute_capacity(tokens_local, num_experts, top_k, capacity_factor))
+  split = lambda a: a.reshape(num_groups, tokens_local, *a.shape[1:])
+  ys, dropped = jax.vmap(
+      lambda x, e, w, v: dispatch.dispatch_with_capacity(params, x, e, w, v, capacity,
+                                                          impl="slots"))(
+          split(x), split(expert_index), split(weights), split(valid))
+  return ys.reshape(x.shape), jnp.sum(dropped)
