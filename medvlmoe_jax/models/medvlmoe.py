@@ -72,8 +72,8 @@ class MedVLMoE(nnx.Module):
     self.moe_norm = layer_norm(moe_width, eps=1e-5, dtype=dtype, rngs=rngs) if self.residual else None
     self.classifier = dense(head_width, cfg.num_classes, dtype=dtype, rngs=rngs)
 
-  def _moe(self, x, valid):
-    y, aux = self.moe(x, valid)
+  def _moe(self, x, valid, counted):
+    y, aux = self.moe(x, valid, counted)
     if self.residual:
       y = self.moe_norm(x + y.astype(x.dtype))
     return y, aux
@@ -82,7 +82,8 @@ class MedVLMoE(nnx.Module):
     """Returns (logits (B, C) float32, aux dict of named auxiliary losses and routing info).
 
     `valid` (B,) bool marks real examples; padding rows (False) are computed but never
-    routed: they take no expert capacity and stay out of the load-balance statistics.
+    routed: they take no expert capacity (nor count toward it) and stay out of the
+    load-balance statistics.
     """
     batch = image.shape[0]
     valid = jnp.ones((batch,), bool) if valid is None else valid.astype(bool)
@@ -105,7 +106,9 @@ class MedVLMoE(nnx.Module):
       if self.use_text:
         tokens = jnp.concatenate([zv, zt], axis=1)
         routed = jnp.concatenate([routed, valid[:, None] & (attention_mask > 0)], axis=1)
-      y, aux = self._moe(tokens.reshape(-1, tokens.shape[-1]), routed.reshape(-1))
+      counted = jnp.broadcast_to(valid[:, None], tokens.shape[:2])   # a real example's tokens
+      y, aux = self._moe(tokens.reshape(-1, tokens.shape[-1]), routed.reshape(-1),
+                         counted.reshape(-1))
       y = y.reshape(tokens.shape)
       zv = y[:, :zv.shape[1]]
       if self.use_text:
@@ -123,7 +126,7 @@ class MedVLMoE(nnx.Module):
       f = fv
 
     if self.granularity == "sample":
-      f, aux = self._moe(f, valid)
+      f, aux = self._moe(f, valid, valid)
     if gate is not None:
       aux = dict(aux, gate=gate)
     return self.classifier(f).astype(jnp.float32), aux

@@ -21,9 +21,11 @@ import jax.numpy as jnp
 from medvlmoe_jax.moe import grouped_matmul
 from medvlmoe_jax.moe.experts import ExpertParams, expert_mlp
 
-# (params, x (T, w), expert_index (T, k), weights (T, k), valid (T,)) -> (y (T, w), dropped).
-Dispatcher = Callable[[ExpertParams, jax.Array, jax.Array, jax.Array, jax.Array],
-                      tuple[jax.Array, jax.Array]]
+# (params, x (T, w), expert_index (T, k), weights (T, k), valid (T,), counted (T,) or None)
+# -> (y (T, w), dropped). `valid`: tokens that are routed; `counted`: tokens whose share of
+# the capacity counts (default all; the model leaves out its batch-padding rows).
+Dispatcher = Callable[[ExpertParams, jax.Array, jax.Array, jax.Array, jax.Array,
+                       jax.Array | None], tuple[jax.Array, jax.Array]]
 
 
 def compute_capacity(num_tokens: int, num_experts: int, top_k: int,
@@ -51,20 +53,34 @@ def expert_positions(expert_index: jax.Array, valid: jax.Array,
   return position.reshape(k, num_tokens).T.astype(jnp.int32), ranks[-1]
 
 
-def kept_within_capacity(position: jax.Array, valid: jax.Array,
-                         capacity: int) -> tuple[jax.Array, jax.Array]:
-  """Which assignments (positions from `expert_positions`) fit `capacity` slots per expert,
-  (T, k) bool, and the number of valid assignments dropped."""
+def capacity_limit(counted: jax.Array, num_experts: int, top_k: int,
+                   capacity_factor: float) -> jax.Array:
+  """`compute_capacity` for the number of `counted` tokens, at run time: a table lookup, so
+  that it is exactly the static value for the same count. Batch padding is left out of the
+  count, so that it takes no capacity from the real tokens."""
+  table = [compute_capacity(n, num_experts, top_k, capacity_factor)
+           for n in range(counted.shape[0] + 1)]
+  return jnp.asarray(table, jnp.int32)[jnp.sum(counted)]
+
+
+def kept_within_capacity(position: jax.Array, valid: jax.Array, capacity: int,
+                         limit: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Which assignments (positions from `expert_positions`) fit `capacity` slots per expert
+  (and `limit` <= capacity, a run-time capacity), (T, k) bool, and the number of valid
+  assignments dropped."""
+  if limit is not None:
+    capacity = jnp.minimum(capacity, limit)
   kept = valid[:, None] & (position < capacity)
   return kept, jnp.sum(valid[:, None] & ~kept)
 
 
 def slot_rows(expert_index: jax.Array, position: jax.Array, valid: jax.Array,
-              num_experts: int, capacity: int) -> tuple[jax.Array, jax.Array]:
+              num_experts: int, capacity: int,
+              limit: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Row `e * capacity + position` of each assignment in (K * capacity) slot buffers, and the
   dropped count. Dropped and invalid assignments get row K * capacity: out of range, so they
   take no slot and contribute zero."""
-  kept, dropped = kept_within_capacity(position, valid, capacity)
+  kept, dropped = kept_within_capacity(position, valid, capacity, limit)
   return jnp.where(kept, expert_index * capacity + position, num_experts * capacity), dropped
 
 
@@ -95,7 +111,7 @@ def dropless_capacities(num_tokens: int, top_k: int, num_experts: int) -> list[i
 
 
 def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
-          *, run=expert_mlp, fullest=lambda n: n, num_experts: int | None = None):
+          *, limit=None, run=expert_mlp, fullest=lambda n: n, num_experts: int | None = None):
   """(y, dropped) through (K, C, w) slot buffers, which `run(params, buffers)` passes through
   the experts (expert parallelism wraps `expert_mlp` in all_to_all; its params hold only its
   own experts, hence `num_experts`). Dropless: C is the smallest of `dropless_capacities`
@@ -104,7 +120,7 @@ def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int |
   position, count = expert_positions(expert_index, valid, num_experts)
 
   def with_capacity(capacity, params, x, expert_index, weights, valid, position):
-    rows, dropped = slot_rows(expert_index, position, valid, num_experts, capacity)
+    rows, dropped = slot_rows(expert_index, position, valid, num_experts, capacity, limit)
     buffers = tokens_to_rows(x, rows, num_experts * capacity).reshape(num_experts, capacity, -1)
     out = run(params, buffers).reshape(num_experts * capacity, -1)
     return rows_to_tokens(out, rows, weights), dropped
@@ -119,7 +135,7 @@ def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int |
 
 
 def grouped(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
-            *, kernel: str):
+            *, limit=None, kernel: str):
   """(y, dropped) with the kept rows in one contiguous segment per expert, through
   `jax.lax.ragged_dot` ('ragged'; on CPU it multiplies every row by every group's weights) or
   `grouped_matmul` ('blocked'; each segment padded to a multiple of its smallest block).
@@ -129,8 +145,8 @@ def grouped(params: ExpertParams, x, expert_index, weights, valid, capacity: int
   params = ExpertParams(*(p.astype(x.dtype) for p in params))
   position, count = expert_positions(expert_index, valid, num_experts)
   capacity = num_tokens if capacity is None else capacity
-  kept, dropped = kept_within_capacity(position, valid, capacity)
-  count = jnp.minimum(count, capacity)
+  kept, dropped = kept_within_capacity(position, valid, capacity, limit)
+  count = jnp.minimum(count, capacity if limit is None else jnp.minimum(capacity, limit))
   if kernel == "blocked":
     sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
     size = (count + sizes[-1] - 1) // sizes[-1] * sizes[-1]
@@ -169,11 +185,11 @@ def default_impl(expert_index: jax.Array, num_experts: int, dropless: bool,
 
 
 def dispatch(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
-             impl: str | None = None, backend: str | None = None):
-  """(y, dropped) on one device: at most `capacity` assignments per expert (None: dropless),
-  through `IMPLS[impl]` (default: `default_impl`)."""
+             impl: str | None = None, backend: str | None = None, limit=None):
+  """(y, dropped) on one device: at most `capacity` assignments per expert (None: dropless;
+  `limit`: a run-time capacity <= capacity), through `IMPLS[impl]` (default: `default_impl`)."""
   impl = impl or default_impl(expert_index, params.w1.shape[0], capacity is None, backend)
-  return IMPLS[impl](params, x, expert_index, weights, valid, capacity)
+  return IMPLS[impl](params, x, expert_index, weights, valid, capacity, limit=limit)
 
 
 dispatch_with_capacity = dispatch

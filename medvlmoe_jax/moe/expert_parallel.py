@@ -21,8 +21,8 @@ from medvlmoe_jax.moe.experts import ExpertParams, expert_mlp
 from medvlmoe_jax.sharding import AXES
 
 
-def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, valid, *,
-                             capacity_factor: float | None, mesh=None):
+def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, valid,
+                             counted=None, *, capacity_factor: float | None, mesh=None):
   """(y (T, w), dropped) for tokens split over the mesh's ('data', 'expert'): a
   `dispatch.Dispatcher` once capacity_factor and mesh are bound."""
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
@@ -42,7 +42,7 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
       out = jax.lax.all_to_all(out, "expert", 0, 0)           # axis 0: source -> expert group
     return out.reshape(num_experts, *out.shape[2:])
 
-  def local(params, x, expert_index, weights, valid):
+  def local(params, x, expert_index, weights, valid, counted):
     if capacity_factor is None and n_expert == 1:
       # Weights made varying over 'data' like the tokens, as the blocked CPU kernel's loop
       # carries and custom VJP need; the transpose of the cast sums their gradients.
@@ -50,12 +50,16 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
       y, dropped = dispatch.dispatch(params, x, expert_index, weights, valid)
     else:
       capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
-      y, dropped = dispatch.slots(params, x, expert_index, weights, valid, capacity, run=run,
-                                  fullest=lambda n: jax.lax.pmax(n, AXES),
-                                  num_experts=num_experts)
+      limit = None    # each device is a capacity group: its own counted tokens
+      if capacity is not None:
+        limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
+      y, dropped = dispatch.slots(params, x, expert_index, weights, valid, capacity,
+                                  limit=limit, run=run, num_experts=num_experts,
+                                  fullest=lambda n: jax.lax.pmax(n, AXES))
     return y, jax.lax.psum(dropped, AXES).astype(jnp.int32)
 
   spec = P(AXES)
   expert_spec = ExpertParams(P("expert"), P("expert"), P("expert"), P("expert"))
-  return jax.shard_map(local, mesh=mesh, in_specs=(expert_spec, spec, spec, spec, spec),
-                       out_specs=(spec, P()))(params, x, expert_index, weights, valid)
+  counted = jnp.ones(x.shape[0], bool) if counted is None else counted
+  return jax.shard_map(local, mesh=mesh, in_specs=(expert_spec, spec, spec, spec, spec, spec),
+                       out_specs=(spec, P()))(params, x, expert_index, weights, valid, counted)

@@ -22,10 +22,14 @@ def make_dispatcher(capacity_factor: float | None, mesh=None, impl: str | None =
     return functools.partial(expert_parallel.dispatch_expert_parallel,
                              capacity_factor=capacity_factor, mesh=mesh)
 
-  def single_device(params, x, expert_index, weights, valid):
-    capacity = dispatch.compute_capacity(x.shape[0], params.w1.shape[0], expert_index.shape[1],
-                                         capacity_factor)
-    return dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl, backend)
+  def single_device(params, x, expert_index, weights, valid, counted=None):
+    num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
+    capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
+    limit = None
+    if capacity is not None and counted is not None:
+      limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
+    return dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl, backend,
+                             limit)
   return single_device
 
 
@@ -56,12 +60,16 @@ class SparseMoE(nnx.Module):
   def experts(self) -> ExpertParams:
     return ExpertParams(self.w1[...], self.b1[...], self.w2[...], self.b2[...])
 
-  def __call__(self, x: jax.Array, valid: jax.Array | None = None):
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None,
+               counted: jax.Array | None = None):
+    """`valid` (T,): tokens that are routed (default all); `counted` (T,): tokens whose share
+    of the capacity counts (default all), so that batch padding takes none."""
     valid = jnp.ones(x.shape[0], bool) if valid is None else valid.astype(bool)
     probs = routing.router_probabilities(x, self.router[...])
     expert_index, weights = routing.top_k_routing(probs, self.top_k)
     dispatcher = make_dispatcher(self.capacity_factor, jax.sharding.get_abstract_mesh())
-    y, dropped = dispatcher(self.experts(), x.astype(self.dtype), expert_index, weights, valid)
+    y, dropped = dispatcher(self.experts(), x.astype(self.dtype), expert_index, weights, valid,
+                            counted)
     aux = {
         "load_balance_loss": routing.load_balance_loss(probs, expert_index, valid, self.alpha),
         "dropped_tokens": dropped,
@@ -78,6 +86,6 @@ class DenseFFN(nnx.Module):
   def __init__(self, width: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
     self.mlp = MLP(width, hidden, "gelu", dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, valid: jax.Array | None = None):
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None, counted=None):
     return self.mlp(x), {"load_balance_loss": jnp.zeros((), jnp.float32),
                          "dropped_tokens": jnp.zeros((), jnp.int32)}
