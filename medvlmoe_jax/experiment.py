@@ -18,6 +18,7 @@ from medvlmoe_jax.eval import metrics as metrics_lib
 from medvlmoe_jax.train import trainer as trainer_lib
 from medvlmoe_jax.train.checkpointing import Checkpointer
 from medvlmoe_jax.train.metric_writer import MetricWriter
+from medvlmoe_jax.train.step import jit_eval_step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -27,7 +28,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if main_process:
     trainer_lib.save_config(config, workdir)
   trainer_lib.write_summary(exp, workdir)
-  _, eval_fn = exp.jitted()
+  eval_fn = jit_eval_step(exp.graphdef, config.data.task, exp.mesh, exp.state_shardings.params)
 
   def validate(params):
     rep, _ = evaluate.evaluate_split(eval_fn, params, exp.data, "val", config, exp.mesh)

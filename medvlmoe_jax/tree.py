@@ -4,7 +4,6 @@ that optimizer rules, sharding rules and weight conversion all match against."""
 from __future__ import annotations
 
 import jax
-from flax import traverse_util
 
 
 def path_str(path) -> str:
@@ -26,12 +25,3 @@ def flat_paths(tree) -> dict:
   """{path: leaf} of any pytree (nnx.State included)."""
   return {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
-
-def nest(flat: dict) -> dict:
-  """'a/0/b' keys -> nested dicts with string keys (what Orbax saves)."""
-  return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def flatten(tree: dict) -> dict:
-  """Nested dicts -> 'a/0/b' keys."""
-  return traverse_util.flatten_dict(tree, sep="/")

@@ -85,7 +85,6 @@ def grouped_capacity_reference(params, x, expert_index, weights, valid, *, num_g
               dispatch.compute_capacity(tokens_local, num_experts, top_k, capacity_factor))
   split = lambda a: a.reshape(num_groups, tokens_local, *a.shape[1:])
   ys, dropped = jax.vmap(
-      lambda x, e, w, v: dispatch.dispatch_with_capacity(params, x, e, w, v, capacity,
-                                                          impl="slots"))(
+      lambda x, e, w, v: dispatch.dispatch(params, x, e, w, v, capacity, impl="slots"))(
           split(x), split(expert_index), split(weights), split(valid))
   return ys.reshape(x.shape), jnp.sum(dropped)

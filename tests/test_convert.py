@@ -10,8 +10,9 @@ import torch
 import transformers as tf
 from safetensors.numpy import save_file
 
-from medvlmoe_jax.convert.encoders import (convert, convert_text, convert_vision, init_from,
+from medvlmoe_jax.convert.encoders import (convert, convert_text, convert_vision,
                                            load_text_encoder, load_vision_encoder)
+from medvlmoe_jax.models.pretrained import init_from
 from medvlmoe_jax.convert.mapping import ConversionError
 
 VISION_CONFIGS = [

@@ -96,7 +96,7 @@ def test_all_dropless_implementations_match_reference(impl, num_tokens):
   valid = np.arange(num_tokens) % 7 != 2
   probs = routing.router_probabilities(x, layer.router[...])
   index, weights = routing.top_k_routing(probs, 2)
-  y = dispatch.dispatch_dropless(layer.experts(), x, index, weights, jnp.asarray(valid), impl=impl)
+  y, _ = dispatch.dispatch(layer.experts(), x, index, weights, jnp.asarray(valid), impl=impl)
   ref = reference(layer, x, valid=valid)
   np.testing.assert_allclose(np.asarray(y), ref["y"] * valid[:, None], rtol=1e-4, atol=1e-5)
 
@@ -134,8 +134,8 @@ def test_both_capacity_implementations_match_reference(impl, capacity):
   layer, x = make_layer(), tokens()
   valid = np.arange(40) % 5 != 2
   index, weights = routing.top_k_routing(routing.router_probabilities(x, layer.router[...]), 2)
-  y, dropped = dispatch.dispatch_with_capacity(layer.experts(), x, index, weights,
-                                               jnp.asarray(valid), capacity, impl=impl)
+  y, dropped = dispatch.dispatch(layer.experts(), x, index, weights, jnp.asarray(valid),
+                                 capacity, impl=impl)
   ref = reference(layer, x, valid=valid, capacity=capacity)
   np.testing.assert_allclose(np.asarray(y), ref["y"], rtol=1e-4, atol=1e-5)
   assert int(dropped) == ref["dropped"]
@@ -159,8 +159,8 @@ def test_dropless_when_routing_collapses_onto_two_experts(impl):
   index = jnp.tile(jnp.asarray([[3, 5]]), (64, 1)).at[0].set(jnp.asarray([5, 1]))
   weights = jnp.full((64, 2), 0.5)
   valid = jnp.ones(64, bool)
-  y = dispatch.dispatch_dropless(layer.experts(), x, index, weights, valid, impl=impl)
-  want = dispatch.dispatch_dropless(layer.experts(), x, index, weights, valid, impl="ragged")
+  y, _ = dispatch.dispatch(layer.experts(), x, index, weights, valid, impl=impl)
+  want, _ = dispatch.dispatch(layer.experts(), x, index, weights, valid, impl="ragged")
   np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
@@ -201,11 +201,10 @@ def test_gradients_match_autodiff_of_dense_reference(mode, num_tokens):
   kind, impl = mode.split("/")
   capacity = max(1, num_tokens // 8)
   if kind == "dropless":
-    fn = lambda p, x, w: dispatch.dispatch_dropless(p, x, index, w, valid, impl=impl)
+    fn = lambda p, x, w: dispatch.dispatch(p, x, index, w, valid, impl=impl)[0]
     kept = valid[:, None]
   else:
-    fn = lambda p, x, w: dispatch.dispatch_with_capacity(p, x, index, w, valid, capacity,
-                                                         impl=impl)[0]
+    fn = lambda p, x, w: dispatch.dispatch(p, x, index, w, valid, capacity, impl=impl)[0]
     kept, _ = dispatch.kept_within_capacity(
         dispatch.expert_positions(index, valid, K)[0], valid, capacity)
     assert not bool(jnp.all(kept[valid]))            # some assignments are dropped

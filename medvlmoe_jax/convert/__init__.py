@@ -4,7 +4,8 @@ The stable loading API: `load_vision_encoder(path)` and `load_text_encoder(path)
 `path` is the `--out` directory of `launch/convert.py`.
 """
 
-from medvlmoe_jax.convert.encoders import (convert, init_from, load_text_encoder,
+from medvlmoe_jax.convert.encoders import (convert, load_text_encoder,
                                            load_vision_encoder)
+from medvlmoe_jax.models.pretrained import init_from
 
 __all__ = ["convert", "init_from", "load_text_encoder", "load_vision_encoder"]

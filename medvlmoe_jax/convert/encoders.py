@@ -20,16 +20,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from medvlmoe_jax.convert import biogpt, clip
 from medvlmoe_jax.convert.checkpoint_io import read_config, read_state_dict, resolve_source
 from medvlmoe_jax.convert.mapping import param_shapes, rename
 from medvlmoe_jax.models.medvlmoe import compute_dtype
-from medvlmoe_jax.models.pretrained import assign, init_from, read_part  # noqa: F401 (init_from: API)
+from medvlmoe_jax.models.pretrained import assign, read_part
 from medvlmoe_jax.models.text import BioGpt
 from medvlmoe_jax.models.vision import CLIPVisionTransformer
-from medvlmoe_jax.tree import nest
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -63,7 +62,8 @@ def _write_part(out: str, name: str, cfg, params: dict[str, np.ndarray]):
   with open(os.path.join(part, "config.json"), "w") as f:
     f.write(cfg.to_json(indent=2))
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.join(os.path.abspath(part), "params"), nest(params), force=True)
+  ckptr.save(os.path.join(os.path.abspath(part), "params"), traverse_util.unflatten_dict(params, sep="/"),
+              force=True)
   ckptr.wait_until_finished()
 
 

@@ -16,10 +16,10 @@ from flax import nnx
 from medvlmoe_jax.models.fusion import (BidirectionalCrossAttention, ModalityGate,
                                         StreamProjection)
 from medvlmoe_jax.models.layers import last_token_index, layer_norm, take_rows
-from medvlmoe_jax.nn import dense
 from medvlmoe_jax.models.text import BioGpt
 from medvlmoe_jax.models.vision import CLIPVisionTransformer
 from medvlmoe_jax.moe.layer import DenseFFN, SparseMoE
+from medvlmoe_jax.nn import dense
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 GRANULARITIES = ("sample", "token")

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
-from medvlmoe_jax.tree import flat_paths, flatten, path_str
+from medvlmoe_jax.tree import flat_paths, path_str
 
 
 class ConversionError(ValueError):
@@ -31,7 +31,7 @@ def read_part(path: str, name: str) -> tuple[ml_collections.ConfigDict, dict[str
   with open(os.path.join(part, "config.json")) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
   tree = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(part), "params"))
-  return cfg, {k: np.asarray(v) for k, v in flatten(tree).items()}
+  return cfg, {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def overwrite(params, flat: dict, what: str = "parameters"):

@@ -53,23 +53,23 @@ def expert_positions(expert_index: jax.Array, valid: jax.Array,
   return position.reshape(k, num_tokens).T.astype(jnp.int32), ranks[-1]
 
 
-def capacity_limit(counted: jax.Array, num_experts: int, top_k: int,
-                   capacity_factor: float) -> jax.Array:
-  """`compute_capacity` for the number of `counted` tokens, at run time: a table lookup, so
-  that it is exactly the static value for the same count. Batch padding is left out of the
-  count, so that it takes no capacity from the real tokens."""
+def capacity_limit(counted: jax.Array | None, num_experts: int, top_k: int,
+                   capacity_factor: float | None) -> jax.Array | None:
+  """`compute_capacity` for the number of `counted` tokens, at run time (None without a
+  capacity or a count): a table lookup, so that it is exactly the static value for the same
+  count, and never above the static capacity of all T tokens. Batch padding is left out of
+  the count, so that it takes no capacity from the real tokens."""
+  if counted is None or capacity_factor is None:
+    return None
   table = [compute_capacity(n, num_experts, top_k, capacity_factor)
            for n in range(counted.shape[0] + 1)]
   return jnp.asarray(table, jnp.int32)[jnp.sum(counted)]
 
 
-def kept_within_capacity(position: jax.Array, valid: jax.Array, capacity: int,
-                         limit: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Which assignments (positions from `expert_positions`) fit `capacity` slots per expert
-  (and `limit` <= capacity, a run-time capacity), (T, k) bool, and the number of valid
-  assignments dropped."""
-  if limit is not None:
-    capacity = jnp.minimum(capacity, limit)
+def kept_within_capacity(position: jax.Array, valid: jax.Array,
+                         capacity: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Which assignments (positions from `expert_positions`) fit `capacity` slots per expert,
+  (T, k) bool, and the number of valid assignments dropped."""
   kept = valid[:, None] & (position < capacity)
   return kept, jnp.sum(valid[:, None] & ~kept)
 
@@ -79,8 +79,8 @@ def slot_rows(expert_index: jax.Array, position: jax.Array, valid: jax.Array,
               limit: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Row `e * capacity + position` of each assignment in (K * capacity) slot buffers, and the
   dropped count. Dropped and invalid assignments get row K * capacity: out of range, so they
-  take no slot and contribute zero."""
-  kept, dropped = kept_within_capacity(position, valid, capacity, limit)
+  take no slot and contribute zero. `limit` (<= capacity): the run-time capacity."""
+  kept, dropped = kept_within_capacity(position, valid, capacity if limit is None else limit)
   return jnp.where(kept, expert_index * capacity + position, num_experts * capacity), dropped
 
 
@@ -145,8 +145,9 @@ def grouped(params: ExpertParams, x, expert_index, weights, valid, capacity: int
   params = ExpertParams(*(p.astype(x.dtype) for p in params))
   position, count = expert_positions(expert_index, valid, num_experts)
   capacity = num_tokens if capacity is None else capacity
-  kept, dropped = kept_within_capacity(position, valid, capacity, limit)
-  count = jnp.minimum(count, capacity if limit is None else jnp.minimum(capacity, limit))
+  capacity = capacity if limit is None else limit
+  kept, dropped = kept_within_capacity(position, valid, capacity)
+  count = jnp.minimum(count, capacity)
   if kernel == "blocked":
     sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
     size = (count + sizes[-1] - 1) // sizes[-1] * sizes[-1]
@@ -191,11 +192,3 @@ def dispatch(params: ExpertParams, x, expert_index, weights, valid, capacity: in
   impl = impl or default_impl(expert_index, params.w1.shape[0], capacity is None, backend)
   return IMPLS[impl](params, x, expert_index, weights, valid, capacity, limit=limit)
 
-
-dispatch_with_capacity = dispatch
-
-
-def dispatch_dropless(params: ExpertParams, x, expert_index, weights, valid,
-                      impl: str | None = None) -> jax.Array:
-  """y with every valid assignment computed."""
-  return dispatch(params, x, expert_index, weights, valid, None, impl)[0]

@@ -50,9 +50,8 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
       y, dropped = dispatch.dispatch(params, x, expert_index, weights, valid)
     else:
       capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
-      limit = None    # each device is a capacity group: its own counted tokens
-      if capacity is not None:
-        limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
+      # Each device is a capacity group: its own counted tokens.
+      limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
       y, dropped = dispatch.slots(params, x, expert_index, weights, valid, capacity,
                                   limit=limit, run=run, num_experts=num_experts,
                                   fullest=lambda n: jax.lax.pmax(n, AXES))

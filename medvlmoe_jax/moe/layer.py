@@ -25,9 +25,7 @@ def make_dispatcher(capacity_factor: float | None, mesh=None, impl: str | None =
   def single_device(params, x, expert_index, weights, valid, counted=None):
     num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
     capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
-    limit = None
-    if capacity is not None and counted is not None:
-      limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
+    limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
     return dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl, backend,
                              limit)
   return single_device

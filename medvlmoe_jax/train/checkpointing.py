@@ -51,11 +51,14 @@ class Checkpointer:
         metrics=None if metrics is None else dict(metrics, step=step), force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, step: int, target_state):
-    """Returns (state, data_state, trainer); `target_state` fixes structure and shardings."""
+  def _check_step(self, step: int) -> None:
     if step not in self.all_steps():
       raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                               f"(have {self.all_steps()})")
+
+  def restore(self, step: int, target_state):
+    """Returns (state, data_state, trainer); `target_state` fixes structure and shardings."""
+    self._check_step(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
@@ -66,9 +69,7 @@ class Checkpointer:
   def restore_params(self, step: int, abstract_params, shardings=None):
     """Only `state.params` of checkpoint `step` (an Orbax partial restore: no optimizer
     state is read or built), placed by `shardings` (default: the first device)."""
-    if step not in self.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
-                              f"(have {self.all_steps()})")
+    self._check_step(step)
     if shardings is None:
       device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       shardings = jax.tree.map(lambda _: device, abstract_params)

@@ -148,7 +148,8 @@ def train(exp: Experiment, workdir: str, validate: Callable[[object], float | No
   """The loop; `validate(params)` gives the validation mean AUC that early stopping and the
   best checkpoint go by. Returns the trainer record (best_step, best_auc, ...)."""
   config = exp.config
-  train_fn, _ = exp.jitted()
+  train_fn = jit_train_step(exp.graphdef, exp.tx, config.data.task, exp.schedules, exp.mesh,
+                            exp.state_shardings)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
                                        seed=config.seed, worker_count=config.data.worker_count,
