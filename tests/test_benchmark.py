@@ -60,9 +60,12 @@ def test_encoder_benchmark_checks_parity_and_reports_ratios():
 
 
 def test_train_benchmark_tiny(demo_config):
-  res = train.run(demo_config, sizes=("tiny",), steps=2, rounds=1)
+  res = train.run(demo_config, sizes=("tiny",), steps=2, rounds=3)
   (r,) = res["sizes"]
   assert r["parameters"] > 0 and r["compile_s"] > 0 and r["memory"]["peak_mb"] > 0
-  assert r["compute_step_ms"] > 0 and -1 < r["outside_compute_share"] < 1
+  # The share is a difference of two noisy timings (CI once saw a 10x hiccup in one
+  # compute round), so only its structural bound is asserted: both timings positive.
+  assert r["compute_step_ms"] > 0 and r["loop_step_ms"] > 0
+  assert r["outside_compute_share"] < 1
   assert r["model_gflop_per_step"] > 0
   assert "tiny" in train.table(res)
