@@ -34,7 +34,7 @@ def defaults() -> ml_collections.ConfigDict:
 
   # --- data ---------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic"            # synthetic | medmnist (.npz) | records (data_prep/ output)
+  c.data.name = "synthetic"            # synthetic (made in memory) | tfds (a data_prep/ build)
   c.data.path = config_dict.placeholder(str)
   c.data.task = "multilabel"           # multilabel | multiclass | ordinal
   c.data.image_size = 224
@@ -119,7 +119,7 @@ def paper_recipe(config: ml_collections.ConfigDict, name: str, num_classes: int,
   Every path is a key: --config.data.path, --config.model.init_from, --config.data.tokenizer_path.
   """
   c = config
-  c.data.name = "records"
+  c.data.name = "tfds"
   c.data.path = f"data/{name}"
   c.data.task = task
   c.data.image_size = image_size

@@ -1,7 +1,6 @@
-"""ChestX-ray14 preparation: the real label table and split lists, and a small fixture in
-the published layout (made here from the two real images and a few synthetic ones)."""
+"""ChestX-ray14: the real label table and split lists, and a small source in the published
+layout (made here from the two real images and a few synthetic ones) built end to end."""
 
-import csv
 import gzip
 import os
 import re
@@ -13,27 +12,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT, SHARED_DATA
+from medvlmoe_jax.data import builder
 from medvlmoe_jax.data import chestxray14 as cx
-from medvlmoe_jax.data import records
-from medvlmoe_jax.data.prep import BadInputError, Problems
 from medvlmoe_jax.data.preprocess import load_image, resize_and_crop
+from medvlmoe_jax.data.sources import BadInputError, Problems, csv_rows, md5
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
-REAL = os.path.join(DATA, "chestxray14")
+REAL = os.path.join(SHARED_DATA, "chestxray14")
 REAL_CSV = os.path.join(REAL, "Data_Entry_2017_v2020.csv.gz")
 REAL_IMAGES = ("00000001_000.png", "00027426_000.png")
+SCRIPT = os.path.join(ROOT, "data_prep", "chestxray14.py")
 SIZE = 64
 
 
 def _real():
   needed = [REAL_CSV, os.path.join(REAL, "train_val_list.txt"),
-            os.path.join(REAL, "test_list.txt")] + [os.path.join(REAL, "images", n) for n in REAL_IMAGES]
+            os.path.join(REAL, "test_list.txt")] + [os.path.join(REAL, "images", n)
+                                                    for n in REAL_IMAGES]
   absent = [p for p in needed if not os.path.exists(p)]
   if absent:
     pytest.fail(f"the shared ChestX-ray14 files are missing ({absent[0]}); they live in "
-                f"../shared/data next to the project root ({DATA})")
+                f"../shared/data next to the project root ({SHARED_DATA})")
   return REAL
+
+
+@pytest.fixture(scope="module")
+def real_source():
+  return cx.read_source(_real(), Problems())
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,7 @@ def test_real_split_sizes_and_patients(real_stats):
   s = real_stats["splits"]
   assert s["train_val"]["num_images"] == 86_524
   assert s["test"]["num_images"] == 25_596
+  assert real_stats["csv"] == "Data_Entry_2017_v2020.csv.gz"
   assert real_stats["csv_rows"] == 112_120 and real_stats["unlisted_images"] == 0
   assert s["train"]["num_images"] + s["val"]["num_images"] == 86_524
   # The official split is patient-wise, and so is the carved val.
@@ -55,6 +61,9 @@ def test_real_split_sizes_and_patients(real_stats):
   assert s["val"]["num_patients"] == round(0.1 * 28_008)
   assert s["train"]["num_patients"] + s["val"]["num_patients"] == 28_008
   assert real_stats["skipped"]["counts"] == {} and real_stats["images"] is None
+  report = cx.format_report(real_stats)
+  assert re.search(r"train_val\s+86,524\s+28,008", report)
+  assert re.search(r"test\s+25,596\s+2,797", report) and "(patient-disjoint)" in report
 
 
 def test_real_label_counts(real_stats):
@@ -68,65 +77,69 @@ def test_real_label_counts(real_stats):
     assert counts["train"][c] + counts["val"][c] == counts["train_val"][c]
 
 
-def test_val_carving_is_deterministic(real_stats):
-  source = cx.read_source(_real(), Problems())
-  a = cx.carve_val(source.train_val, source.entries, 0.1, seed=0)
-  assert a == cx.carve_val(source.train_val, source.entries, 0.1, seed=0)
-  assert len(a[1]) == real_stats["splits"]["val"]["num_images"]
-  b = cx.carve_val(source.train_val, source.entries, 0.1, seed=1)
-  assert set(a[1]) != set(b[1])
+def test_val_carving_is_deterministic(real_source, real_stats):
+  a = real_source.splits(0.1, seed=0)
+  assert a == real_source.splits(0.1, seed=0)
+  assert len(a["val"]) == real_stats["splits"]["val"]["num_images"]
+  assert not real_source.patients(a["train"]) & real_source.patients(a["val"])
+  b = real_source.splits(0.1, seed=1)
+  assert set(a["val"]) != set(b["val"])
   with pytest.raises(ValueError, match="val_fraction"):
-    cx.carve_val(source.train_val, source.entries, 1.0)
+    real_source.splits(1.0, seed=0)
 
 
 def test_sentence_never_names_a_label():
   _real()
   forbidden = [c.lower().replace("_", " ") for c in cx.CLASSES] + ["finding"]
   pattern = re.compile("|".join(map(re.escape, forbidden)))
-  with gzip.open(REAL_CSV, "rt", newline="") as f:
-    reader = csv.DictReader(f)
-    n = 0
-    for row in reader:
-      text = cx.sentence(row["Patient Age"], row["Patient Gender"], row["View Position"])
-      low = text.lower().replace("_", " ")
-      assert not pattern.search(low), (row["Image Index"], text)
-      age = int(row["Patient Age"])
-      if age >= 1:
-        assert re.search(rf"\b{age}-year-old\b", text), text
-      else:
-        assert "under 1 year old" in text, text
-      sex = {"M": "male", "F": "female"}[row["Patient Gender"]]
-      assert re.search(rf"\b{sex}\b", text), text
-      assert f"{row['View Position']} view" in text, text
-      n += 1
+  n = 0
+  for _, row in csv_rows(REAL_CSV, ()):
+    text, extra = cx.describe(row["Patient Age"], row["Patient Gender"], row["View Position"])
+    assert not pattern.search(text.lower()), (row["Image Index"], text)
+    age = int(row["Patient Age"])
+    assert extra["age"] == age
+    assert (f" {age}-year-old " if age >= 1 else "under 1 year old") in text, text
+    sex = {"M": "male", "F": "female"}[row["Patient Gender"]]
+    assert re.search(rf"\b{sex}\b", text) and extra["sex"] == row["Patient Gender"], text
+    assert f"{row['View Position']} view" in text and extra["view"] == row["View Position"]
+    n += 1
   assert n == 112_120
 
 
 def test_sentence_odd_values():
-  assert cx.sentence(58, "M", "PA") == "A 58-year-old male patient, PA view."
-  assert cx.sentence("81", "F", "AP") == "An 81-year-old female patient, AP view."
-  assert cx.sentence("058Y", "F", "AP") == "A 58-year-old female patient, AP view."
-  assert cx.sentence(414, "M", "PA") == "A male patient of unknown age, PA view."
-  assert cx.sentence("", "", "") == "A patient of unknown age."
-  assert cx.sentence(0, "F", "pa") == "A female patient under 1 year old, PA view."
-  # Free text in a column never reaches the sentence.
-  assert cx.sentence("n/a", "Hernia", "Mass") == "A patient of unknown age."
-  assert cx.parse_age("006M") == 0 and cx.parse_age(121) is None and cx.parse_age(120) == 120
+  assert cx.describe("58", "M", "PA") == (
+      "A 58-year-old male patient, PA view.", {"view": "PA", "sex": "M", "age": 58})
+  assert cx.describe("81", "F", "AP")[0] == "An 81-year-old female patient, AP view."
+  assert cx.describe("058Y", "F", "AP")[0] == "A 58-year-old female patient, AP view."
+  assert cx.describe("414", "M", "PA") == (
+      "A male patient, PA view.", {"view": "PA", "sex": "M", "age": -1})
+  assert cx.describe("", "", "") == ("A patient.", {"view": "", "sex": "", "age": -1})
+  assert cx.describe("0", "F", "pa")[0] == "A female patient under 1 year old, PA view."
+  assert cx.describe("30", "female", " LL ")[0] == "A 30-year-old female patient, lateral view."
+  # Free text in a column never reaches the sentence or the features.
+  assert cx.describe("n/a", "Hernia", "Mass") == ("A patient.", {"view": "", "sex": "",
+                                                                 "age": -1})
+  assert cx.parse_age("006M") == 0 and cx.parse_age("121") is None
+  assert cx.parse_age("120") == 120 and cx.parse_age(" 3 ") == 3 and cx.parse_age("-3") is None
 
 
-# ---------------------------------------------------------------- fixture in the published layout
+# ---------------------------------------------------------------- a source in the published layout
 
 # (name, labels, patient, age, sex, view, image source, folder); rows 2..7 of the CSV.
 ROWS = [
-    ("00001001_000.png", "Cardiomegaly|Emphysema", "1001", "58", "M", "PA", REAL_IMAGES[0], "images_001/images"),
+    ("00001001_000.png", "Cardiomegaly|Emphysema", "1001", "58", "M", "PA", REAL_IMAGES[0],
+     "images_001/images"),
     ("00001001_001.png", "Cardiomegaly", "1001", "59", "M", "PA", "grey", "images_001/images"),
-    ("00001002_000.png", "No Finding", "1002", "8", "F", "AP", REAL_IMAGES[1], "images_002/images"),
-    ("00001003_000.png", "Hernia|Pleural_Thickening", "1003", "414", "F", "AP", "rgba", "images_002/images"),
-    ("00001004_000.png", "Effusion", "1004", "45", "M", "PA", "grey16", "images_002/images"),
+    ("00001002_000.png", "No Finding", "1002", "8", "F", "AP", REAL_IMAGES[1],
+     "images_002/images"),
+    ("00001003_000.png", "Hernia|Pleural_Thickening", "1003", "414", "F", "AP", "rgba",
+     "images_002/images"),
+    ("00001004_000.png", "Effusion", "1004", "45", "M", "PA", "grey16", "images_003"),
     ("00001005_000.png", "No Finding", "1005", "70", "F", "PA", "grey", "images"),
 ]
 TRAIN_VAL = [r[0] for r in ROWS[:4]]
 TEST = [r[0] for r in ROWS[4:]]
+CSV = "Data_Entry_2017_v2020.csv"
 
 
 def _header():
@@ -134,11 +147,12 @@ def _header():
     return f.readline().rstrip("\r\n")
 
 
-def _write_csv(src, rows):
-  with open(os.path.join(src, "Data_Entry_2017_v2020.csv"), "w", newline="") as f:
+def _write_csv(src, rows, name=CSV, trailing=""):
+  opener = gzip.open if name.endswith(".gz") else open
+  with opener(os.path.join(src, name), "wt", newline="", encoding="utf-8-sig") as f:
     f.write(_header() + "\n")
-    for name, labels, pid, age, sex, view, *_ in rows:
-      f.write(f"{name},{labels},0,{pid},{age},{sex},{view},2500,2048,0.168,0.168\n")
+    for name_, labels, pid, age, sex, view, *_ in rows:
+      f.write(f"{name_},{labels},0,{pid},{age},{sex},{view},2500,2048,0.168,0.168{trailing}\n")
 
 
 def _write_list(src, filename, names):
@@ -146,8 +160,10 @@ def _write_list(src, filename, names):
     f.write("\n".join(names))  # as NIH ships them: no trailing newline
 
 
-def _make_fixture(src):
+@pytest.fixture
+def src(tmp_path):
   _real()
+  src = str(tmp_path / "src")
   rng = np.random.default_rng(0)
   for name, *_, image, folder in ROWS:
     os.makedirs(os.path.join(src, folder), exist_ok=True)
@@ -166,78 +182,107 @@ def _make_fixture(src):
   return src
 
 
-@pytest.fixture
-def fixture_src(tmp_path):
-  return _make_fixture(str(tmp_path / "src"))
+def _build(src, out, **kwargs):
+  return builder.build(cx.ChestXray14, str(out), src=src, image_size=SIZE, num_workers=2,
+                       **kwargs)
 
 
-def _read_split(out, manifest, split):
-  from array_record.python.array_record_module import ArrayRecordReader
-  examples = []
-  for name in manifest["splits"][split]["files"]:
-    reader = ArrayRecordReader(os.path.join(out, name))
-    examples += [records.decode_example(r) for r in reader.read_all()]
-    reader.close()
-  return examples
+def _read(out, split):
+  ds = builder.load(str(out)).as_data_source(split)
+  return [ds[i] for i in range(len(ds))]
 
 
-def test_prepare_fixture(fixture_src, tmp_path):
-  out = str(tmp_path / "out")
-  manifest = cx.prepare(fixture_src, out, image_size=SIZE, val_fraction=0.34, seed=0,
-                        num_workers=2)
-  assert manifest == records.read_manifest(out)
-  assert manifest["name"] == "chestxray14" and manifest["task"] == "multilabel"
-  assert manifest["classes"] == list(cx.CLASSES) and manifest["image_size"] == SIZE
-  assert "never from Finding Labels" in manifest["text_policy"]
-  assert manifest["skipped"]["counts"] == {}
-  assert set(manifest["source_checksums"]) == {
-      "Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt"}
-  assert manifest["source_checksums"]["test_list.txt"] == records.file_checksum(
-      os.path.join(fixture_src, "test_list.txt"))
+def test_build_and_load(src, tmp_path):
+  out = tmp_path / "out"
+  _build(src, out, val_fraction=0.34, seed=0)
+  info = builder.load(str(out)).info
+  meta = info.metadata
+  assert meta["name"] == "chestxray14" and meta["task"] == "multilabel"
+  assert meta["classes"] == list(cx.CLASSES) and meta["image_size"] == SIZE
+  assert "never from Finding Labels" in meta["text_policy"]
+  assert (meta["val_fraction"], meta["seed"], meta["unknown_age"], meta["unlisted_rows"]) == (
+      0.34, 0, 1, 0)
+  assert "patient" in meta["split_policy"] and meta["skipped"]["counts"] == {}
+  assert meta["source_checksums"] == {n: md5(os.path.join(src, n)) for n in
+                                      (CSV, "train_val_list.txt", "test_list.txt")}
+  assert "CVPR" in info.citation and "ChestX-ray8" in info.citation
+  assert "images_001" in cx.ChestXray14.MANUAL_DOWNLOAD_INSTRUCTIONS
 
   rows = {r[0]: r for r in ROWS}
   seen = {}
-  for split in cx.SPLITS:
-    examples = _read_split(out, manifest, split)
-    info = manifest["splits"][split]
-    assert info["num_examples"] == len(examples)
-    assert info["num_patients"] == len({e["patient_id"] for e in examples})
+  for split in ("train", "val", "test"):
+    examples = _read(out, split)
+    assert meta["patients"][split] == len({e["patient_id"] for e in examples})
+    assert info.splits[split].num_examples == len(examples)
     for e in examples:
-      seen[e["example_id"]] = split
-      name, labels, pid, age, sex, view, image, _ = rows[e["example_id"]]
+      key = e["example_id"].decode()
+      seen[key] = split
+      name, labels, pid, age, sex, view, image, _ = rows[key]
       want = np.zeros(14, np.float32)
       if labels != "No Finding":
         want[[cx.CLASSES.index(n) for n in labels.split("|")]] = 1
       np.testing.assert_array_equal(e["labels"], want)
       assert e["labels"].dtype == np.float32 and e["label_mask"].all()
-      assert e["text"] == cx.sentence(age, sex, view) and e["patient_id"] == pid
-      decoded = records.decode_image(e["image"])
-      assert decoded.shape == (SIZE, SIZE, 3) and decoded.dtype == np.uint8
+      assert e["text"].decode() == cx.describe(age, sex, view)[0]
+      assert e["patient_id"].decode() == pid
+      assert (e["view"].decode(), e["sex"].decode()) == (view, sex)
+      assert int(e["age"]) == (-1 if age == "414" else int(age))
+      assert e["image"].shape == (SIZE, SIZE, 3) and e["image"].dtype == np.uint8
       if image in REAL_IMAGES:
         np.testing.assert_array_equal(
-            decoded, resize_and_crop(load_image(os.path.join(REAL, "images", image)), SIZE))
+            e["image"], resize_and_crop(load_image(os.path.join(REAL, "images", image)), SIZE))
   assert sorted(seen) == sorted(rows)
   assert {n for n, s in seen.items() if s == "test"} == set(TEST)
-  assert rows["00001003_000.png"][3] == "414"
   # val: one whole patient out of the three train_val ones.
-  assert manifest["splits"]["val"]["num_patients"] == 1
-  assert manifest["splits"]["train"]["num_patients"] == 2
+  assert (meta["patients"]["val"], meta["patients"]["train"]) == (1, 2)
   val_patients = {rows[n][2] for n, s in seen.items() if s == "val"}
   train_patients = {rows[n][2] for n, s in seen.items() if s == "train"}
-  assert not val_patients & train_patients
+  assert len(val_patients) == 1 and not val_patients & train_patients
+  assert val_patients == cx.read_source(src, Problems()).patients(
+      cx.read_source(src, Problems()).splits(0.34, 0)["val"])
 
 
-def test_check_fixture_images(fixture_src):
-  stats = cx.check(fixture_src, labels_only=False, val_fraction=0.34)
+def test_no_val(src, tmp_path):
+  _build(src, tmp_path / "out", val_fraction=0.0)
+  splits = builder.load(str(tmp_path / "out")).info.splits
+  assert set(splits) == {"train", "test"} and splits["train"].num_examples == 4
+
+
+def test_check_images(src):
+  stats = cx.check(src, labels_only=False, val_fraction=0.34, num_workers=2)
   assert stats["images"] == {"listed": 6, "found": 6, "missing": 0, "unreadable": 0,
                              "readable": 6}
   assert stats["unknown_age"] == 1 and stats["label_counts"]["total"]["Cardiomegaly"] == 2
-  os.remove(os.path.join(fixture_src, "images", "00001005_000.png"))
-  with pytest.raises(BadInputError, match=r"Data_Entry_2017_v2020\.csv, row 7: image 00001005_000\.png not found"):
-    cx.check(fixture_src, labels_only=False)
-  stats = cx.check(fixture_src, labels_only=False, problems=Problems(skip_bad=True))
+  assert "images: listed 6, found 6" in cx.format_report(stats)
+  os.remove(os.path.join(src, "images", "00001005_000.png"))
+  with pytest.raises(BadInputError, match=rf"{CSV}, row 7: image 00001005_000\.png not found"):
+    cx.check(src, labels_only=False)
+  stats = cx.check(src, labels_only=False, problems=Problems(skip_bad=True))
   assert stats["images"]["missing"] == 1 and stats["skipped"]["counts"] == {"missing_image": 1}
-  assert cx.check(fixture_src, labels_only=True)["images"] is None
+  assert "skipped: missing_image 1" in cx.format_report(stats)
+  assert cx.check(src, labels_only=True)["images"] is None
+
+
+def test_source_variants(src):
+  """The 2017 table (trailing comma, gzipped, BOM) is read; v2020 wins when both are there."""
+  os.remove(os.path.join(src, CSV))
+  _write_csv(src, ROWS, name="Data_Entry_2017.csv.gz", trailing=",")
+  stats = cx.check(src, labels_only=False, num_workers=2)
+  assert stats["csv"] == "Data_Entry_2017.csv.gz" and stats["csv_rows"] == 6
+  assert stats["images"]["readable"] == 6 and stats["skipped"]["counts"] == {}
+  _write_csv(src, [r if r[0] != TEST[1] else (r[0], "Hernia", *r[2:]) for r in ROWS])
+  stats = cx.check(src, labels_only=True)
+  assert stats["csv"] == CSV and stats["label_counts"]["test"]["Hernia"] == 1
+  os.remove(os.path.join(src, "test_list.txt"))
+  with pytest.raises(FileNotFoundError, match="test_list.txt"):
+    cx.check(src, labels_only=True)
+
+
+def _rows_with(index, **changes):
+  rows = [list(r) for r in ROWS]
+  for column, value in changes.items():
+    rows[index][("name", "labels", "pid", "age", "sex", "view").index(column)] = value
+  return rows
 
 
 def _missing_image(src):
@@ -252,54 +297,99 @@ def _truncated_png(src):
     f.write(data[: len(data) // 2])
 
 
-def _wrong_columns(src):
-  rows = [list(r) for r in ROWS]
-  rows[1][5] = "M,extra"  # row 3 gets 12 columns
-  _write_csv(src, rows)
-
-
-def _unknown_label(src):
-  rows = [list(r) for r in ROWS]
-  rows[4][1] = "Effusion|Pneumonitis"  # row 6
-  _write_csv(src, rows)
-
-
-def _unknown_in_split(src):
-  _write_list(src, "test_list.txt", TEST + ["00009999_000.png"])  # line 3
-
-
-BAD = {  # kind: (mutation, file named in the error, where, examples left)
-    "missing_image": (_missing_image, "Data_Entry_2017_v2020.csv", "row 4", 5),
-    "unreadable_image": (_truncated_png, "Data_Entry_2017_v2020.csv", "row 2", 5),
-    "malformed_row": (_wrong_columns, "Data_Entry_2017_v2020.csv", "row 3", 5),
-    "unknown_label": (_unknown_label, "Data_Entry_2017_v2020.csv", "row 6", 5),
-    "unknown_image_in_split": (_unknown_in_split, "test_list.txt", "line 3", 6),
+BAD = {  # case: (mutation, file named in the error, where, skipped counts, examples left)
+    "missing_image": (_missing_image, CSV, "row 4", {"missing_image": 1}, 5),
+    "unreadable_image": (_truncated_png, CSV, "row 2", {"unreadable_image": 1}, 5),
+    "wrong_columns": (lambda s: _write_csv(s, _rows_with(1, view="PA,extra")), CSV, "row 3",
+                      {"malformed_row": 1}, 5),
+    "empty_image_index": (lambda s: _write_csv(s, _rows_with(1, name="")), CSV, "row 3",
+                          {"malformed_row": 1, "unknown_image_in_split": 1}, 5),
+    "empty_patient_id": (lambda s: _write_csv(s, _rows_with(3, pid=" ")), CSV, "row 5",
+                         {"malformed_row": 1}, 5),
+    "duplicate_row": (lambda s: _write_csv(s, ROWS + ROWS[:1]), CSV, "row 8",
+                      {"duplicate_row": 1}, 6),
+    "unknown_label": (lambda s: _write_csv(s, _rows_with(4, labels="Effusion|Pneumonitis")),
+                      CSV, "row 6", {"unknown_label": 1}, 5),
+    "no_finding_and_other": (lambda s: _write_csv(s, _rows_with(5, labels="No Finding|Hernia")),
+                             CSV, "row 7", {"unknown_label": 1}, 5),
+    "empty_labels": (lambda s: _write_csv(s, _rows_with(5, labels="")), CSV, "row 7",
+                     {"unknown_label": 1}, 5),
+    "unknown_image_in_split": (lambda s: _write_list(s, "test_list.txt",
+                                                     TEST + ["00009999_000.png"]),
+                               "test_list.txt", "line 3", {"unknown_image_in_split": 1}, 6),
+    "duplicate_in_split": (lambda s: _write_list(s, "train_val_list.txt",
+                                                 TRAIN_VAL + TRAIN_VAL[:1]),
+                           "train_val_list.txt", "line 5", {"duplicate_in_split": 1}, 6),
+    "image_in_both_splits": (lambda s: _write_list(s, "test_list.txt", TEST + TRAIN_VAL[2:3]),
+                             "train_val_list.txt", "line 3", {"image_in_both_splits": 1}, 6),
+    "patient_in_both_splits": (lambda s: _write_csv(s, _rows_with(5, pid="1001")),
+                               "train_val_list.txt", "line 1",
+                               {"patient_in_both_splits": 1}, 4),
 }
 
 
-@pytest.mark.parametrize("kind", sorted(BAD))
-def test_bad_input(kind, fixture_src, tmp_path):
-  mutate, filename, where, left = BAD[kind]
-  mutate(fixture_src)
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input(case, src, tmp_path):
+  mutate, filename, where, counts, left = BAD[case]
+  mutate(src)
+  strict = tmp_path / "strict"
   with pytest.raises(BadInputError) as err:
-    cx.prepare(fixture_src, str(tmp_path / "strict"), image_size=SIZE)
-  assert f"{os.path.join(fixture_src, filename)}, {where}:" in str(err.value)
-  assert "--skip-bad" in str(err.value)
-  out = str(tmp_path / "skip")
-  manifest = cx.prepare(fixture_src, out, image_size=SIZE, problems=Problems(skip_bad=True),
-                        num_workers=2)
-  assert manifest["skipped"]["counts"] == {kind: 1}
-  assert sum(s["num_examples"] for s in manifest["splits"].values()) == left
-  assert sum(len(_read_split(out, manifest, s)) for s in cx.SPLITS) == left
-  assert records.read_manifest(out)["skipped"]["counts"] == {kind: 1}
+    _build(src, strict)
+  assert f"{os.path.join(src, filename)}, {where}:" in str(err.value)
+  assert "--skip_bad" in str(err.value) and not os.path.exists(strict)
+  out = tmp_path / "skip"
+  _build(src, out, skip_bad=True)
+  meta = builder.load(str(out)).info.metadata
+  assert meta["skipped"]["counts"] == counts
+  assert f"{where}:" in meta["skipped"]["examples"][next(iter(counts))][0]
+  examples = [e for s in ("train", "val", "test") for e in _read(out, s)]
+  assert len(examples) == left
+  patients = {s: {e["patient_id"] for e in _read(out, s)} for s in ("train", "val", "test")}
+  assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+              or patients["val"] & patients["test"])
+  if case not in ("missing_image", "unreadable_image"):  # images are not read by --labels_only
+    stats = cx.check(src, labels_only=True, problems=Problems(skip_bad=True))
+    assert stats["skipped"]["counts"] == counts
+    assert stats["splits"]["train_val"]["num_images"] + stats["splits"]["test"]["num_images"] \
+        == left
 
 
-def test_cli_check_writes_nothing(fixture_src, tmp_path):
+def test_failed_build_leaves_nothing(src, tmp_path):
+  out = tmp_path / "out"
+  _truncated_png(src)
+  with pytest.raises(BadInputError, match=rf"{CSV}, row 2: .*not a readable image"):
+    _build(src, out)
+  assert sorted(os.listdir(tmp_path)) == ["src"]  # no dataset, no staging folder
+  shutil.copy(os.path.join(REAL, "images", REAL_IMAGES[0]),
+              os.path.join(src, "images_001", "images", ROWS[0][0]))
+  _build(src, out)
+  assert sum(len(_read(out, s)) for s in ("train", "val", "test")) == 6
+  # A failing rebuild leaves the earlier dataset as it was.
+  _write_csv(src, _rows_with(0, labels="Pneumonitis"))
+  with pytest.raises(BadInputError, match=rf"{CSV}, row 2:"):
+    _build(src, out)
+  assert sum(len(_read(out, s)) for s in ("train", "val", "test")) == 6
+
+
+def _script(*args):
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                        timeout=120, cwd=ROOT)
+
+
+def test_script_check_writes_nothing(src, tmp_path):
   out = tmp_path / "never"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "data_prep", "chestxray14.py"), "--src", fixture_src,
-       "--check", "--labels-only", "--val-fraction=0.34", "--out", str(out)],
-      capture_output=True, text=True, timeout=120)
+  proc = _script("--src", src, "--check", "--labels-only", "--val-fraction=0.34",
+                 "--out", str(out))
   assert proc.returncode == 0, proc.stderr
-  assert "train_val" in proc.stdout and "Hernia" in proc.stdout
+  assert re.search(r"train_val\s+4\s+3", proc.stdout) and "Hernia" in proc.stdout
   assert "(patient-disjoint)" in proc.stdout and not out.exists()
+
+
+def test_script_bad_input(src, tmp_path):
+  _write_csv(src, _rows_with(4, labels="Effusion|Pneumonitis"))
+  out = tmp_path / "out"
+  proc = _script("--src", src, "--out", str(out), "--image_size", str(SIZE))
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+  assert f"{os.path.join(src, CSV)}, row 6:" in errors[0] and "Pneumonitis" in errors[0]
+  assert not out.exists()

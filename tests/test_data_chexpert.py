@@ -1,22 +1,25 @@
-"""CheXpert reading, label policies, leak-free text and record writing (data/chexpert.py)."""
+"""CheXpert: reading, label policies, leak-free text, and the TFDS build (data/chexpert.py)."""
 
 import csv
+import gzip
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from medvlmoe_jax.data import chexpert, records
-from medvlmoe_jax.data.prep import BadInputError, Problems
+from conftest import ROOT, SHARED_DATA
+from medvlmoe_jax.data import builder, chexpert
+from medvlmoe_jax.data.sources import BadInputError, Problems, patient_split
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
-VALID_CSV = os.path.join(DATA, "chexpert", "valid.csv")
+VALID_CSV = os.path.join(SHARED_DATA, "chexpert", "valid.csv")
 HEADER = list(chexpert.META_COLUMNS + chexpert.CLASSES)
 C = {c: i for i, c in enumerate(chexpert.CLASSES)}
+POLICY = "Atelectasis=u_ones,Edema=u_zeros,default=u_ignore"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,8 @@ def _labels(**values) -> list[str]:
 
 def _write_csv(path, rows, header=HEADER):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
+  with (gzip.open(path, "wt", newline="") if str(path).endswith(".gz")
+        else open(path, "w", newline="")) as f:
     w = csv.writer(f)
     w.writerow(header)
     w.writerows(rows)
@@ -45,9 +49,14 @@ def _write_csv(path, rows, header=HEADER):
 
 
 def _jpeg(path, value, shape=(48, 40)):
-  """A grey JPEG of one intensity (so a record can be traced back to its image)."""
+  """A grey JPEG of one intensity (so an example can be traced back to its image)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(np.full(shape, value, np.uint8)).save(path, format="JPEG", quality=95)
+
+
+def _row(patient, value="0.0", view="Frontal", sex="Male", age="60"):
+  return [f"CheXpert-v1.0-small/train/patient{patient}/study1/view1_{view.lower()}.jpg",
+          sex, age, view, "PA" if view == "Frontal" else ""] + _labels(Edema=value)
 
 
 # --------------------------------------------------------------------------- the real CSV
@@ -55,9 +64,8 @@ def _jpeg(path, value, shape=(48, 40)):
 def test_check_on_the_real_validation_csv(valid_csv):
   stats = chexpert.check(os.path.dirname(valid_csv), labels_only=True, problems=Problems())
   valid = stats["sources"]["valid"]
-  assert valid["rows"] == 234
-  assert valid["frontal"] == 202 and valid["lateral"] == 32
-  assert valid["patients"] == 200
+  assert (valid["rows"], valid["frontal"], valid["lateral"], valid["patients"]) == \
+      (234, 202, 32, 200)
   assert valid["missing_images"] is None          # labels only: images not looked up
   assert list(valid["labels"]) == list(chexpert.CLASSES)
   for c, counts in valid["labels"].items():
@@ -65,13 +73,15 @@ def test_check_on_the_real_validation_csv(valid_csv):
   assert valid["labels"]["Fracture"] == {"1": 0, "0": 234, "-1": 0, "blank": 0}
   assert stats["not_found"] == ["train.csv"]
   table = chexpert.format_check(stats)
-  assert "Support Devices" in table and "234" in table
+  assert re.search(r"rows +234\n +frontal +202\n +lateral +32\n +patients +200", table)
+  assert re.search(r"Fracture +0 +234 +0 +0", table) and "not found: train.csv" in table
 
 
-def test_src_may_be_the_release_folder_or_its_parent(valid_csv, tmp_path):
+def test_src_may_be_the_release_folder_or_its_parent_and_csvs_gzipped(valid_csv, tmp_path):
   release = tmp_path / "CheXpert-v1.0-small"
   release.mkdir()
-  (release / "valid.csv").write_bytes(open(valid_csv, "rb").read())
+  with open(valid_csv, "rb") as f, gzip.open(release / "valid.csv.gz", "wb") as g:
+    g.write(b"\xef\xbb\xbf" + f.read())             # gzipped, with a BOM
   assert chexpert.find_root(str(tmp_path)) == str(release)
   assert chexpert.find_root(str(release)) == str(release)
   stats = chexpert.check(str(tmp_path), labels_only=True)
@@ -84,9 +94,14 @@ def test_src_may_be_the_release_folder_or_its_parent(valid_csv, tmp_path):
     "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",
     "CheXpert-v1.0/valid/patient64541/study1/view1_frontal.jpg",
     "/home/someone/data/CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",
+    r"C:\data\CheXpert-v1.0-small\valid\patient64541\study1\view1_frontal.jpg",
     "valid/patient64541/study1/view1_frontal.jpg"])
-def test_image_path_is_found_whatever_the_prefix(path):
-  assert chexpert.image_rel_path(path) == "valid/patient64541/study1/view1_frontal.jpg"
+def test_image_path_is_found_whatever_the_prefix(tmp_path, path):
+  csv_path = _write_csv(tmp_path / "valid.csv", [[path, "Male", "73", "Frontal", "AP"]
+                                                 + _labels()])
+  (row,) = chexpert.read_csv(csv_path, Problems())
+  assert row.rel_path == "valid/patient64541/study1/view1_frontal.jpg"
+  assert (row.patient_id, row.study) == ("patient64541", "patient64541/study1")
 
 
 def test_sentence_never_names_a_label(valid_csv):
@@ -95,22 +110,19 @@ def test_sentence_never_names_a_label(valid_csv):
   for sex in ("Male", "Female", "Unknown", ""):
     for age in (None, 18, 45, 68, 85, 90):
       for view in ("Frontal", "Lateral"):
-        for projection in ("AP", "PA", "LL", "RL", "", "Edema", "pleural effusion"):
-          texts.add(chexpert.sentence(sex, age, view, projection))
+        for projection in ("AP", "PA", "LL", "RL", "", "Edema", "pleural effusion", "EDEMA"):
+          texts.add(rows[0]._replace(sex=sex, age=age, view=view, projection=projection).text)
   label_words = set()
   for c in chexpert.CLASSES:
     label_words.update(re.split(r"[\s_]+", c.lower()))
   for text in texts:
-    normal = " ".join(text.replace("_", " ").lower().split())
-    for c in chexpert.CLASSES:
-      assert " ".join(c.replace("_", " ").lower().split()) not in normal, (c, text)
-    assert not label_words & set(re.findall(r"[a-z]+", normal)), text
-  assert chexpert.sentence("Female", 68, "Frontal", "AP") == \
-      "A 68-year-old female patient, frontal AP view."
-  assert chexpert.sentence("Male", 85, "Lateral", "") == \
-      "An 85-year-old male patient, lateral view."
-  assert chexpert.sentence("Unknown", None, "Frontal", "PA") == "A patient, frontal PA view."
+    assert not label_words & set(re.findall(r"[a-z]+", text.lower())), text
   assert rows[0].text == "A 73-year-old male patient, frontal AP view."
+  assert rows[2].text == "A 70-year-old male patient, lateral view."
+  r = rows[0]._replace(sex="Female", age=85, projection="Edema")
+  assert r.text == "An 85-year-old female patient, frontal view."
+  assert r._replace(sex="Unknown", age=None, projection="pa").text == \
+      "A patient, frontal PA view."
 
 
 # --------------------------------------------------------------------------- labels
@@ -141,41 +153,47 @@ def test_uncertainty_policies_on_rows_with_uncertain_and_blank(tmp_path):
   assert not mask[a] and not mask[e] and not mask[eff] and mask.sum() == 11
   # Blank = not mentioned = negative, in the loss whatever the policy; 1 and 0 untouched.
   assert labels[frac] == 0 and mask[frac] and labels[card] == 1 and labels[pn] == 0
+  assert labels.dtype == np.float32 and mask.dtype == bool
 
-  policy = chexpert.parse_policy("Atelectasis=u_ones,edema=u_zeros,default=u_ignore")
+  policy = chexpert.parse_policy(POLICY)
   labels, mask = chexpert.apply_policy(row.raw, policy)
   assert (labels[a], mask[a]) == (1, True)
   assert (labels[e], mask[e]) == (0, True)
-  assert mask[eff] is np.False_
-  assert policy["Pleural Effusion"] == "u_ignore"
+  assert not mask[eff] and policy["Pleural Effusion"] == "u_ignore"
   assert chexpert.parse_policy({"pleural_effusion": "U-Ones"})["Pleural Effusion"] == "u_ones"
+  assert chexpert.parse_policy("default=u_zeros, Edema = u_ones")["Edema"] == "u_ones"
+  assert set(chexpert.parse_policy(None).values()) == {"u_ignore"}
+  assert set(chexpert.parse_policy("u_zeros").values()) == {"u_zeros"}
 
 
 def test_bad_policies_are_rejected():
-  with pytest.raises(ValueError, match="unknown class"):
+  with pytest.raises(ValueError, match="unknown class 'Nodule'"):
     chexpert.parse_policy("Nodule=u_ones")
   with pytest.raises(ValueError, match="not one of"):
     chexpert.parse_policy("u_maybe")
   with pytest.raises(ValueError, match="CLASS=POLICY"):
     chexpert.parse_policy("Edema=u_ones,u_zeros")
+  with pytest.raises(ValueError, match="unknown class"):   # before any source is read
+    chexpert.CheXpert(src="/nowhere", policy="Nodule=u_ones")
 
 
 # --------------------------------------------------------------------------- bad input
 
-def _row(patient, value="0.0", view="Frontal"):
-  return [f"CheXpert-v1.0-small/train/patient{patient}/study1/view1_{view.lower()}.jpg",
-          "Male", "60", view, "PA" if view == "Frontal" else ""] + _labels(Edema=value)
-
-
-@pytest.mark.parametrize("bad, row_no, message", [
-    (_row(2, value="2.0"), 3, "'Edema'.*'2.0'"),
-    (_row(2, value="x"), 3, "'Edema'.*'x'"),
-    (_row(2)[:-1], 3, "18 columns, the header has 19"),
-    (_row(2) + ["1.0"], 3, "20 columns"),
+@pytest.mark.parametrize("bad, message", [
+    (_row(2, value="2.0"), "column 'Edema': '2.0' is not a label"),
+    (_row(2, value="x"), "column 'Edema': 'x' is not a label"),
+    (_row(2)[:-1], "18 columns, the header has 19"),
+    (_row(2) + ["1.0"], "20 columns"),
+    (_row(2, sex="Other"), "Sex is 'Other'"),
+    (_row(2, age="old"), "Age is 'old'"),
+    (_row(2, age="-3"), "Age is '-3'"),
+    (_row(2, view="Oblique"), "Frontal/Lateral is 'Oblique'"),
+    (["images/view1.jpg"] + _row(2)[1:], "Path 'images/view1.jpg' does not end in"),
+    (_row(1), "Path .* repeats row 2"),
 ])
-def test_bad_rows_stop_naming_file_and_row(tmp_path, bad, row_no, message):
+def test_bad_rows_stop_naming_file_and_row(tmp_path, bad, message):
   path = _write_csv(tmp_path / "train.csv", [_row(1), bad, _row(3)])
-  with pytest.raises(BadInputError, match=re.escape(f"{path}, row {row_no}:") + ".*" + message):
+  with pytest.raises(BadInputError, match=re.escape(f"{path}, row 3: ") + message):
     chexpert.read_csv(path, Problems())
   problems = Problems(skip_bad=True)
   rows = chexpert.read_csv(path, problems)
@@ -198,7 +216,7 @@ def test_wrong_header_is_an_error(tmp_path):
     chexpert.read_csv(path, Problems())
 
 
-# --------------------------------------------------------------------------- prepare
+# --------------------------------------------------------------------------- build
 
 TRAIN = [  # patient, study, view, sex, age, AP/PA, labels; intensity = 10 * index + 20
     (1, 1, "Frontal", "Female", "68", "AP", dict(Atelectasis="-1.0", Edema="1.0")),
@@ -229,100 +247,143 @@ def _make_chexpert(tmp_path):
   return str(tmp_path / "src"), release
 
 
-def _read_records(out, manifest, split):
-  from array_record.python.array_record_data_source import ArrayRecordDataSource
-  source = ArrayRecordDataSource([os.path.join(out, f) for f in manifest["splits"][split]["files"]])
-  return [records.decode_example(source[i]) for i in range(len(source))]
+def _examples(out, split):
+  """{example_id: example} of a built split, read back as a training run reads it."""
+  source = builder.load(out).as_data_source(split)
+  examples = [source[i] for i in range(len(source))]
+  return {e["example_id"].decode(): e for e in examples}
 
 
-POLICY = "Atelectasis=u_ones,Edema=u_zeros,default=u_ignore"
-
-
-def test_prepare_writes_decodable_records(tmp_path):
+def test_build_writes_a_dataset_that_reads_back(tmp_path):
   src, release = _make_chexpert(tmp_path)
   out = str(tmp_path / "out")
-  manifest = chexpert.prepare(src, out, image_size=16, problems=Problems(), policy=POLICY,
-                              val_fraction=0.34, seed=0)
-  assert manifest == records.read_manifest(out)
-  for key in ("name", "task", "classes", "image_size", "text_policy", "uncertainty_policy",
-              "splits", "skipped", "source_checksums"):
-    assert key in manifest
-  assert manifest["task"] == "multilabel" and manifest["classes"] == list(chexpert.CLASSES)
-  assert manifest["uncertainty_policy"]["Atelectasis"] == "u_ones"
-  assert manifest["uncertainty_policy"]["Pneumonia"] == "u_ignore"
-  assert set(manifest["source_checksums"]) == {"train.csv", "valid.csv"}
-  assert manifest["skipped"]["counts"] == {}
+  builder.build(chexpert.CheXpert, out, src=src, image_size=16, policy=POLICY,
+                val_fraction=0.34, seed=0)
+  info = builder.load(out).info
+  meta = info.metadata
+  assert meta["name"] == "chexpert" and meta["task"] == "multilabel"
+  assert meta["classes"] == list(chexpert.CLASSES) and meta["image_size"] == 16
+  assert meta["uncertainty_policy"]["Atelectasis"] == "u_ones"
+  assert meta["uncertainty_policy"]["Pneumonia"] == "u_ignore"
+  assert meta["blank_label"] == 0 and meta["views"] == "frontal"
+  assert meta["val_split"]["fraction"] == 0.34 and meta["val_split"]["by"] == "patient"
+  assert set(meta["source_checksums"]) == {"train.csv", "valid.csv"}
+  assert meta["skipped"]["counts"] == {}
+  assert info.citation.startswith("@inproceedings{irvin2019chexpert")
 
-  splits = {s: _read_records(out, manifest, s) for s in ("train", "val", "test")}
+  splits = {s: _examples(out, s) for s in ("train", "val", "test")}
   for s, examples in splits.items():
-    assert manifest["splits"][s]["num_examples"] == len(examples)
-    assert manifest["splits"][s]["num_patients"] == len({e["patient_id"] for e in examples})
+    assert info.splits[s].num_examples == len(examples)
+    assert meta["patients"][s] == len({e["patient_id"] for e in examples.values()})
   # Frontal only: 6 train-csv frontals split by patient (2 of 6 patients to val), 2 in test.
   assert len(splits["train"]) + len(splits["val"]) == 6 and len(splits["test"]) == 2
-  assert manifest["splits"]["val"]["num_patients"] == 2
-  train_p = {e["patient_id"] for e in splits["train"]}
-  val_p = {e["patient_id"] for e in splits["val"]}
-  assert not train_p & val_p
-  assert all("lateral" not in e["example_id"] for s in splits.values() for e in s)
+  val_p = {e["patient_id"].decode() for e in splits["val"].values()}
+  train_p = {e["patient_id"].decode() for e in splits["train"].values()}
+  assert not train_p & val_p and len(val_p) == 2
+  assert val_p == patient_split([f"patient{p:05d}" for p, *_ in TRAIN], 0.34, 0)
+  assert not [k for s in splits.values() for k in s if "lateral" in k]
 
-  by_id = {e["example_id"]: e for s in splits.values() for e in s}
+  by_id = {k: e for s in splits.values() for k, e in s.items()}
   first = by_id["train/patient00001/study1/view1_frontal.jpg"]
-  assert first["patient_id"] == "patient00001"
-  assert first["text"] == "A 68-year-old female patient, frontal AP view."
+  assert first["patient_id"] == b"patient00001"
+  assert first["text"] == b"A 68-year-old female patient, frontal AP view."
+  assert (first["view"], first["projection"], first["sex"], first["age"], first["study"]) == \
+      (b"Frontal", b"AP", b"Female", 68, b"patient00001/study1")
   assert first["labels"][C["Atelectasis"]] == 1      # -1, u_ones
   assert first["labels"][C["Edema"]] == 1            # a real 1
   assert first["label_mask"].all()
   third = by_id["train/patient00003/study1/view4_frontal.jpg"]
-  assert third["text"] == "A male patient, frontal AP view."     # age 0 = unknown
+  assert third["text"] == b"A male patient, frontal AP view." and third["age"] == -1
   assert third["labels"][C["Edema"]] == 0 and third["label_mask"][C["Edema"]]   # u_zeros
   fifth = by_id["train/patient00005/study2/view6_frontal.jpg"]
   assert not fifth["label_mask"][C["Pleural Effusion"]]          # u_ignore
   assert fifth["label_mask"].sum() == 13 and fifth["labels"].sum() == 0
   test = by_id["valid/patient64541/study1/view1_frontal.jpg"]
   assert test["labels"][C["Cardiomegaly"]] == 1 and test["labels"].sum() == 1
+  label_words = {w for c in chexpert.CLASSES for w in c.lower().split()}
   for e in by_id.values():
+    assert not label_words & set(re.findall(r"[a-z]+", e["text"].decode().lower()))
     assert e["labels"].dtype == np.float32 and e["label_mask"].dtype == bool
-    image = records.decode_image(e["image"])
-    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
-  assert abs(float(records.decode_image(first["image"]).mean()) - 20) < 4
-  assert abs(float(records.decode_image(test["image"]).mean()) - 120) < 4
+    assert e["image"].shape == (16, 16, 3) and e["image"].dtype == np.uint8
+  assert abs(float(first["image"].mean()) - 20) < 4
+  assert abs(float(test["image"].mean()) - 120) < 4
 
   # The same seed gives the same split; laterals come back on request.
-  again = chexpert.prepare(src, str(tmp_path / "again"), image_size=16, policy=POLICY,
-                           val_fraction=0.34, seed=0, frontal_only=False)
-  val_again = {e["patient_id"] for e in _read_records(str(tmp_path / "again"), again, "val")}
-  assert val_again == val_p
-  assert sum(again["splits"][s]["num_examples"] for s in again["splits"]) == 10
+  again = str(tmp_path / "again")
+  builder.build(chexpert.CheXpert, again, src=src, image_size=16, val_fraction=0.34, seed=0,
+                frontal_only=False)
+  assert {e["patient_id"].decode() for e in _examples(again, "val").values()} == val_p
+  assert sum(s.num_examples for s in builder.load(again).info.splits.values()) == 10
+  assert builder.load(again).info.metadata["views"] == "all"
 
 
-def test_prepare_stops_on_missing_or_truncated_images(tmp_path):
+def test_build_stops_on_missing_or_truncated_images(tmp_path):
   src, release = _make_chexpert(tmp_path)
   missing = release / "train/patient00002/study1/view3_frontal.jpg"
-  os.remove(missing)
+  os.rename(missing, tmp_path / "kept.jpg")
   truncated = release / "valid/patient64542/study1/view2_frontal.jpg"
   data = truncated.read_bytes()
   truncated.write_bytes(data[:len(data) // 2])
-  train_csv = str(release / "train.csv")
+  out = str(tmp_path / "out")
+  train_csv, valid_csv = str(release / "train.csv"), str(release / "valid.csv")
   with pytest.raises(BadInputError, match=re.escape(f"{train_csv}, row 4: {missing}")):
-    chexpert.prepare(src, str(tmp_path / "out"), image_size=16, val_fraction=0.0)
+    builder.build(chexpert.CheXpert, out, src=src, image_size=16, val_fraction=0.0)
+  assert not [f for f in os.listdir(tmp_path) if f.startswith("out")]    # nor out.building
   with pytest.raises(BadInputError, match=re.escape(f"{train_csv}, row 4: {missing}")):
     chexpert.check(src)
 
-  _jpeg(missing, 40)
-  valid_csv = str(release / "valid.csv")
+  problems = Problems(skip_bad=True)
+  assert chexpert.check(src, problems=problems)["sources"]["train"]["missing_images"] == 1
+  builder.build(chexpert.CheXpert, out, src=src, image_size=16, val_fraction=0.0,
+                skip_bad=True)
+  meta = builder.load(out).info.metadata
+  assert meta["skipped"]["counts"] == {"missing_image": 1, "unreadable_image": 1}
+  assert any(f"{valid_csv}, row 3: {truncated}" in m
+             for m in meta["skipped"]["examples"]["unreadable_image"])
+  assert {s: len(_examples(out, s)) for s in ("train", "test")} == {"train": 5, "test": 1}
+  assert "val" not in builder.load(out).info.splits          # val_fraction 0: no val split
+
+  os.rename(tmp_path / "kept.jpg", missing)
   with pytest.raises(BadInputError, match=re.escape(f"{valid_csv}, row 3: {truncated}") +
                      ".*not a readable image"):
-    chexpert.prepare(src, str(tmp_path / "out"), image_size=16, val_fraction=0.0)
+    builder.build(chexpert.CheXpert, out, src=src, image_size=16, val_fraction=0.0)
+  assert len(_examples(out, "train")) == 5             # a failed rebuild keeps the old one
+  _jpeg(truncated, 130)
+  builder.build(chexpert.CheXpert, out, src=src, image_size=16, val_fraction=0.0)
+  assert builder.load(out).info.metadata["skipped"]["counts"] == {}
+  assert {s: len(_examples(out, s)) for s in ("train", "test")} == {"train": 6, "test": 2}
 
-  os.remove(missing)
-  problems = Problems(skip_bad=True)
-  manifest = chexpert.prepare(src, str(tmp_path / "out"), image_size=16, problems=problems,
-                              val_fraction=0.0)
-  assert problems.counts == {"missing_image": 1, "bad_image": 1}
-  assert manifest["skipped"]["counts"] == {"missing_image": 1, "bad_image": 1}
-  assert manifest["splits"]["train"]["num_examples"] == 5
-  assert manifest["splits"]["test"]["num_examples"] == 1
-  assert len(_read_records(str(tmp_path / "out"), manifest, "test")) == 1
-  assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".spool")]
-  stats = chexpert.check(src, problems=Problems(skip_bad=True))
-  assert stats["sources"]["train"]["missing_images"] == 1
+
+# --------------------------------------------------------------------------- script
+
+def _script(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "data_prep", "chexpert.py"),
+                         *args], capture_output=True, text=True, timeout=120)
+
+
+def test_script_checks_builds_and_stops_with_one_error_line(tmp_path, valid_csv):
+  run = _script("--src", os.path.dirname(valid_csv), "--check", "--labels_only")
+  assert run.returncode == 0, run.stderr
+  assert re.search(r"rows +234\n +frontal +202\n +lateral +32\n +patients +200", run.stdout)
+
+  src, release = _make_chexpert(tmp_path)
+  out = str(tmp_path / "out")
+  run = _script("--src", src, "--out", out, "--image_size", "16", "--policy", POLICY)
+  assert run.returncode == 0, run.stderr
+  assert f"chexpert: built {out}" in run.stdout and "skipped: none" in run.stdout
+  assert builder.load(out).info.metadata["uncertainty_policy"]["Edema"] == "u_zeros"
+
+  with open(release / "train.csv") as f:
+    rows = list(csv.reader(f))
+  rows[3][C["Edema"] + 5] = "maybe"
+  _write_csv(release / "train.csv", rows[1:])
+  for args in (["--check"], ["--out", str(tmp_path / "bad")],
+               ["--check", "--policy", "Nodule=u_ones"]):
+    run = _script("--src", src, *args)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 1 and len(errors) == 1, run.stderr
+    assert errors[0] == run.stderr.strip().splitlines()[-1]
+    expected = "unknown class 'Nodule'" if "--policy" in args else \
+        f"{release / 'train.csv'}, row 4: column 'Edema': 'maybe'"
+    assert expected in errors[0]
+  assert not os.path.exists(tmp_path / "bad")

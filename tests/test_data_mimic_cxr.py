@@ -1,4 +1,4 @@
-"""MIMIC-CXR-JPG reading, leak-free report text, splits and records (data/mimic_cxr.py).
+"""MIMIC-CXR-JPG: reading, leak-free report text, splits and the TFDS build (data/mimic_cxr.py).
 
 The data are credentialed, so the fixture rebuilds the published layout: the three
 mimic-cxr-2.0.0-*.csv(.gz) tables with their headers, files/pXX/pSUBJECT/sSTUDY/DICOM.jpg
@@ -10,13 +10,16 @@ import gzip
 import io
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from medvlmoe_jax.data import chexpert, mimic_cxr, records
-from medvlmoe_jax.data.prep import BadInputError, Problems
+from conftest import ROOT
+from medvlmoe_jax.data import builder, chexpert, mimic_cxr
+from medvlmoe_jax.data.sources import BadInputError, Problems
 
 C = {c: i for i, c in enumerate(chexpert.CLASSES)}
 # The published column order (alphabetical), unlike CheXpert's.
@@ -125,23 +128,33 @@ def _report_path(reports, subject, study):
   return os.path.join(reports, "files", "p" + subject[:2], "p" + subject, "s" + study + ".txt")
 
 
-def _make_mimic(tmp_path, reports_inside=False):
-  src = str(tmp_path / "mimic-cxr-jpg" / "2.0.0")
-  reports = os.path.join(src, "mimic-cxr-reports") if reports_inside else \
-      str(tmp_path / "mimic-cxr-reports")
-  os.makedirs(src)
+def _tables():
+  """The three tables' rows as published: {name: (header, rows, gzipped)}."""
   label_rows = []
   for study, values in LABELS.items():
     subject = next(im[1] for im in IMAGES if im[2] == study)
     cells = {k.replace("_", " "): v for k, v in values.items()}
     label_rows.append([subject, study] + [cells.get(c, "") for c in LABEL_HEADER[2:]])
-  _write_table(os.path.join(src, mimic_cxr.LABELS_CSV), LABEL_HEADER, label_rows, gz=True)
-  _write_table(os.path.join(src, mimic_cxr.SPLIT_CSV), SPLIT_HEADER,
-               [[d, st, su, sp] for d, su, st, _, sp in IMAGES], gz=True)
-  _write_table(os.path.join(src, mimic_cxr.METADATA_CSV), META_HEADER,
-               [[d, su, st, "CHEST (PA AND LAT)", view, 3056, 2544, 21800506, 213014.531,
-                 "CHEST (PA AND LAT)", "postero-anterior" if view == "PA" else "lateral",
-                 "Erect"] for d, su, st, view, _ in IMAGES], gz=False)
+  return {
+      mimic_cxr.LABELS_CSV: (LABEL_HEADER, label_rows, True),
+      mimic_cxr.SPLIT_CSV: (SPLIT_HEADER, [[d, st, su, sp] for d, su, st, _, sp in IMAGES], True),
+      mimic_cxr.METADATA_CSV: (META_HEADER, [
+          [d, su, st, "CHEST (PA AND LAT)", view, 3056, 2544, 21800506, 213014.531,
+           "CHEST (PA AND LAT)", "postero-anterior" if view == "PA" else "lateral", "Erect"]
+          for d, su, st, view, _ in IMAGES], False)}
+
+
+def _write_tables(src, tables):
+  for name, (header, rows, gz) in tables.items():
+    _write_table(os.path.join(src, name), header, rows, gz)
+
+
+def _make_mimic(tmp_path, reports_inside=False):
+  src = str(tmp_path / "mimic-cxr-jpg" / "2.0.0")
+  reports = os.path.join(src, "mimic-cxr-reports") if reports_inside else \
+      str(tmp_path / "mimic-cxr-reports")
+  os.makedirs(src)
+  _write_tables(src, _tables())
   for i, (dicom, subject, study, _, _) in enumerate(IMAGES):
     path = _image_path(src, subject, study, dicom)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -156,10 +169,15 @@ def _make_mimic(tmp_path, reports_inside=False):
   return src, reports
 
 
-def _read_records(out, manifest, split):
-  from array_record.python.array_record_data_source import ArrayRecordDataSource
-  source = ArrayRecordDataSource([os.path.join(out, f) for f in manifest["splits"][split]["files"]])
-  return [records.decode_example(source[i]) for i in range(len(source))]
+def _examples(out, split):
+  """{example_id: example} of a built split, read back as a training run reads it."""
+  source = builder.load(out).as_data_source(split)
+  examples = [source[i] for i in range(len(source))]
+  return {e["example_id"].decode(): e for e in examples}
+
+
+def _build(src, out, **kwargs):
+  return builder.build(mimic_cxr.MimicCxr, out, src=src, image_size=16, **kwargs)
 
 
 # --------------------------------------------------------------------------- report text
@@ -196,46 +214,47 @@ def test_section_extraction():
   assert mimic_cxr.view_sentence("") == "A chest radiograph."
 
 
-# --------------------------------------------------------------------------- prepare / check
+# --------------------------------------------------------------------------- build / check
 
-def test_prepare_follows_split_csv_labels_and_text(tmp_path):
+def test_build_follows_split_csv_labels_and_text(tmp_path):
   src, reports = _make_mimic(tmp_path)
   out = str(tmp_path / "out")
-  manifest = mimic_cxr.prepare(src, out, image_size=16, problems=Problems(),
-                               policy="Atelectasis=u_ones,Edema=u_zeros,default=u_ignore",
-                               reports=reports)
-  assert manifest == records.read_manifest(out)
-  assert manifest["name"] == "mimic_cxr" and manifest["task"] == "multilabel"
-  assert manifest["classes"] == list(chexpert.CLASSES)
-  assert set(manifest["source_checksums"]) == {"mimic-cxr-2.0.0-chexpert.csv.gz",
-                                               "mimic-cxr-2.0.0-split.csv.gz",
-                                               "mimic-cxr-2.0.0-metadata.csv"}
-  splits = {s: _read_records(out, manifest, s) for s in ("train", "val", "test")}
-  ids = {s: [e["example_id"] for e in ex] for s, ex in splits.items()}
-  assert ids == {"train": [IMAGES[0][0], IMAGES[2][0]], "val": [IMAGES[3][0]],
-                 "test": [IMAGES[4][0]]}        # the lateral image is left out
-  assert {s: manifest["splits"][s]["num_examples"] for s in ids} == \
-      {"train": 2, "val": 1, "test": 1}
-  assert manifest["splits"]["train"]["num_patients"] == 1
+  _build(src, out, policy="Atelectasis=u_ones,Edema=u_zeros,default=u_ignore", reports=reports)
+  info = builder.load(out).info
+  meta = info.metadata
+  assert meta["name"] == "mimic_cxr" and meta["task"] == "multilabel"
+  assert meta["classes"] == list(chexpert.CLASSES) and meta["views"] == "frontal"
+  assert meta["uncertainty_policy"]["Edema"] == "u_zeros" and meta["blank_label"] == 0
+  assert meta["text_policy"] == mimic_cxr.MimicCxr.TEXT_POLICY
+  assert set(meta["source_checksums"]) == {"mimic-cxr-2.0.0-chexpert.csv.gz",
+                                           "mimic-cxr-2.0.0-split.csv.gz",
+                                           "mimic-cxr-2.0.0-metadata.csv"}
+  assert meta["skipped"]["counts"] == {}
+  splits = {s: _examples(out, s) for s in ("train", "val", "test")}
+  assert {s: sorted(ex) for s, ex in splits.items()} == {
+      "train": sorted([IMAGES[0][0], IMAGES[2][0]]), "val": [IMAGES[3][0]],
+      "test": [IMAGES[4][0]]}        # the lateral image is left out
+  assert {s: info.splits[s].num_examples for s in splits} == {"train": 2, "val": 1, "test": 1}
+  assert meta["patients"] == {"train": 1, "val": 1, "test": 1}
 
-  by_id = {e["example_id"]: e for ex in splits.values() for e in ex}
+  by_id = {k: e for ex in splits.values() for k, e in ex.items()}
   first = by_id[IMAGES[0][0]]
-  assert first["patient_id"] == "p10000032"
-  assert first["text"] == "Indication: ___F with new onset ascites // eval for infection " \
-                          "Comparison: None."
-  assert by_id[IMAGES[3][0]]["text"] == "A chest radiograph, AP view."   # no indication
-  assert by_id[IMAGES[4][0]]["text"] == ("History: Fever and productive cough for three days. "
-                                         "Comparison: Chest radiograph from ___.")
-  # prepare composes every text with clinical_text (the function tested above).
+  assert first["patient_id"] == b"p10000032"
+  assert (first["view"], first["study"]) == (b"PA", b"50414267")
+  assert first["text"] == b"Indication: ___F with new onset ascites // eval for infection " \
+                         b"Comparison: None."
+  assert by_id[IMAGES[3][0]]["text"] == b"A chest radiograph, AP view."   # no indication
+  assert by_id[IMAGES[4][0]]["text"] == (b"History: Fever and productive cough for three days. "
+                                         b"Comparison: Chest radiograph from ___.")
+  # The build composes every text with clinical_text (the function tested above).
   for dicom, _, study, view, _ in IMAGES:
     if dicom in by_id:
-      assert by_id[dicom]["text"] == mimic_cxr.clinical_text(REPORTS[study], view)
+      assert by_id[dicom]["text"].decode() == mimic_cxr.clinical_text(REPORTS[study], view)
   for e in by_id.values():
-    for study, phrases in FINDINGS.items():
+    for phrases in FINDINGS.values():
       for phrase in phrases:
-        assert phrase.lower() not in e["text"].lower()
-    image = records.decode_image(e["image"])
-    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+        assert phrase.lower() not in e["text"].decode().lower()
+    assert e["image"].shape == (16, 16, 3) and e["image"].dtype == np.uint8
 
   # Labels: mapped by name from the alphabetical columns; blank -> 0; policies per class.
   assert first["labels"][C["Pleural Effusion"]] == 1
@@ -246,11 +265,13 @@ def test_prepare_follows_split_csv_labels_and_text(tmp_path):
   test = by_id[IMAGES[4][0]]
   assert not test["label_mask"][C["Pneumonia"]] and test["label_mask"].sum() == 13  # u_ignore
   assert test["labels"][C["Consolidation"]] == 1 and test["labels"].sum() == 1
-  assert abs(float(records.decode_image(test["image"]).mean()) - 140) < 4
+  assert abs(float(test["image"].mean()) - 140) < 4
 
-  everything = mimic_cxr.prepare(src, str(tmp_path / "all"), image_size=16, reports=reports,
-                                 frontal_only=False)
-  assert everything["splits"]["train"]["num_examples"] == 3
+  everything = str(tmp_path / "all")
+  _build(src, everything, reports=reports, frontal_only=False)
+  lateral = _examples(everything, "train")[IMAGES[1][0]]
+  assert lateral["view"] == b"LATERAL" and lateral["text"] == first["text"]
+  assert builder.load(everything).info.metadata["views"] == "all"
 
 
 def test_check_counts_and_default_reports_folder(tmp_path):
@@ -267,7 +288,15 @@ def test_check_counts_and_default_reports_folder(tmp_path):
   assert full["sources"]["validate"]["missing_images"] == 0
   assert full["sources"]["validate"]["fallback_text"] == 1
   assert full["sources"]["train"]["fallback_text"] == 0
-  assert "Pleural Effusion" in chexpert.format_check(full)
+  table = chexpert.format_check(full)
+  assert re.search(r"rows +3 +1 +1\n +frontal +2 +1 +1\n +studies +2 +1 +1", table)
+  assert re.search(r"fallback text +0 +1 +0", table)
+  # The reports under SRC/mimic-cxr-reports are found without --reports.
+  out = str(tmp_path / "out")
+  _build(src, out)
+  assert _examples(out, "val")[IMAGES[3][0]]["text"] == b"A chest radiograph, AP view."
+  assert mimic_cxr.reports_root(src, os.path.join(src, "mimic-cxr-reports", "files")) == \
+      os.path.join(src, "mimic-cxr-reports")
 
 
 def test_empty_report_and_missing_image_stop_naming_the_file(tmp_path):
@@ -275,47 +304,124 @@ def test_empty_report_and_missing_image_stop_naming_the_file(tmp_path):
   empty = _report_path(reports, "10000032", "53189527")
   with open(empty, "w") as f:
     f.write("  \n\n")
-  missing = _image_path(src, "11000011", "51234567", IMAGES[4][0])
-  os.remove(missing)
+  lateral = _image_path(src, "10000032", "50414267", IMAGES[1][0])
+  os.remove(lateral)
   out = str(tmp_path / "out")
   with pytest.raises(BadInputError, match=re.escape(empty) + ": the report is empty"):
-    mimic_cxr.prepare(src, out, image_size=16, reports=reports)
+    _build(src, out, reports=reports)
   with pytest.raises(BadInputError, match=re.escape(empty)):
     mimic_cxr.check(src, reports=reports)
 
   with open(empty, "w") as f:
     f.write(REPORTS["53189527"])
+  _build(src, out, reports=reports)        # the missing image is a lateral one, not built
   split_csv = os.path.join(src, mimic_cxr.SPLIT_CSV + ".gz")
-  with pytest.raises(BadInputError, match=re.escape(f"{split_csv}, row 6: {missing}")):
-    mimic_cxr.prepare(src, out, image_size=16, reports=reports)
+  with pytest.raises(BadInputError, match=re.escape(f"{split_csv}, row 3: {lateral}")):
+    _build(src, str(tmp_path / "all"), reports=reports, frontal_only=False)
+  assert not [f for f in os.listdir(tmp_path) if f.startswith("all")]
+  other = _report_path(reports, "11000011", "51234567")
+  os.remove(other)
+  with pytest.raises(BadInputError, match=re.escape(f"{split_csv}, row 6: {other}: no such "
+                                                    "report file")):
+    _build(src, str(tmp_path / "all"), reports=reports)
+  with open(other, "w") as f:
+    f.write(REPORTS["51234567"])
 
   with open(empty, "w") as f:
     f.write("")
-  problems = Problems(skip_bad=True)
-  manifest = mimic_cxr.prepare(src, out, image_size=16, problems=problems, reports=reports)
-  assert problems.counts == {"empty_report": 1, "missing_image": 1}
-  assert manifest["skipped"]["counts"] == {"empty_report": 1, "missing_image": 1}
-  assert {s: v["num_examples"] for s, v in manifest["splits"].items()} == \
-      {"train": 1, "val": 1, "test": 0}
-  assert [e["example_id"] for e in _read_records(out, manifest, "train")] == [IMAGES[0][0]]
+  _build(src, out, reports=reports, frontal_only=False, skip_bad=True)
+  meta = builder.load(out).info.metadata
+  assert meta["skipped"]["counts"] == {"empty_report": 1, "missing_image": 1}
+  assert {s: len(_examples(out, s)) for s in ("train", "val", "test")} == \
+      {"train": 1, "val": 1, "test": 1}
+  assert list(_examples(out, "train")) == [IMAGES[0][0]]
 
 
-def test_bad_tables_stop_naming_file_and_row(tmp_path):
+def _set(table, row, column, value):
+  def mutate(tables):
+    tables[table][1][row][tables[table][0].index(column)] = value
+  return mutate
+
+
+def _drop(table, row):
+  return lambda tables: tables[table][1].pop(row)
+
+
+def _add(table, values):
+  return lambda tables: tables[table][1].append(values)
+
+
+SPLIT, LABELS_, META = (mimic_cxr.SPLIT_CSV + ".gz", mimic_cxr.LABELS_CSV + ".gz",
+                        mimic_cxr.METADATA_CSV)
+UNKNOWN = "0000dead-beef0000-00000000-00000000-00000000"
+
+
+@pytest.mark.parametrize("mutate, file, row, message, skipped", [
+    (_set(mimic_cxr.SPLIT_CSV, 1, "split", "holdout"), SPLIT, 3, "split is 'holdout'",
+     {"bad_row": 1}),
+    (_add(mimic_cxr.SPLIT_CSV, [UNKNOWN, "50414267", "10000032", "train"]), SPLIT, 7,
+     f"dicom_id {UNKNOWN} is not in mimic-cxr-2.0.0-metadata.csv", {"unknown_image": 1}),
+    (_add(mimic_cxr.SPLIT_CSV, [IMAGES[0][0], "50414267", "10000032", "train"]), SPLIT, 7,
+     f"dicom_id {IMAGES[0][0]} appears twice", {"bad_row": 1}),
+    (_drop(mimic_cxr.METADATA_CSV, 4), SPLIT, 6,
+     f"dicom_id {IMAGES[4][0]} is not in mimic-cxr-2.0.0-metadata.csv", {"unknown_image": 1}),
+    (_set(mimic_cxr.SPLIT_CSV, 3, "subject_id", "10000032"), SPLIT, 5, f"dicom_id {IMAGES[3][0]} "
+     "belongs to subject 10000764, study 57375967 in mimic-cxr-2.0.0-metadata.csv",
+     {"bad_row": 1}),
+    (_set(mimic_cxr.SPLIT_CSV, 0, "subject_id", "p10000032"), SPLIT, 2,
+     "subject_id is 'p10000032' \\(expected digits\\)", {"bad_row": 1}),
+    (_set(mimic_cxr.SPLIT_CSV, 2, "dicom_id", "a/b"), SPLIT, 4, "dicom_id is 'a/b'",
+     {"bad_row": 1}),
+    (_add(mimic_cxr.SPLIT_CSV, ["x", "1"]), SPLIT, 7, "2 columns, the header has 4",
+     {"bad_row": 1}),
+    (_drop(mimic_cxr.LABELS_CSV, 3), SPLIT, 6,
+     "study 51234567 has no row in mimic-cxr-2.0.0-chexpert.csv", {"no_labels": 1}),
+    (_set(mimic_cxr.LABELS_CSV, 2, "subject_id", "10000032"), SPLIT, 5,
+     "study 57375967 belongs to subject 10000032 in mimic-cxr-2.0.0-chexpert.csv",
+     {"bad_row": 1}),
+    # A skipped label row leaves its study's images without labels; counted as such too.
+    (_set(mimic_cxr.LABELS_CSV, 0, "Edema", "2.0"), LABELS_, 2, "column 'Edema': '2.0'",
+     {"bad_label": 1, "no_labels": 2}),
+    (_add(mimic_cxr.LABELS_CSV, ["10000032", "50414267"] + [""] * 14), LABELS_, 6,
+     "study 50414267 appears twice", {"bad_row": 1}),
+    (_set(mimic_cxr.METADATA_CSV, 0, "study_id", "s50414267"), META, 2,
+     "study_id is 's50414267'", {"bad_row": 1, "unknown_image": 1}),
+])
+def test_bad_tables_stop_naming_file_and_row(tmp_path, mutate, file, row, message, skipped):
   src, reports = _make_mimic(tmp_path)
-  split_csv = os.path.join(src, mimic_cxr.SPLIT_CSV + ".gz")
-  rows = [[d, st, su, sp] for d, su, st, _, sp in IMAGES]
-  rows[1][3] = "holdout"
-  rows.append(["0000dead-beef0000-00000000-00000000-00000000", "50414267", "10000032", "train"])
-  _write_table(os.path.join(src, mimic_cxr.SPLIT_CSV), SPLIT_HEADER, rows, gz=True)
-  with pytest.raises(BadInputError, match=re.escape(f"{split_csv}, row 3: split is 'holdout'")):
+  tables = _tables()
+  mutate(tables)
+  _write_tables(src, tables)
+  with pytest.raises(BadInputError, match=re.escape(f"{os.path.join(src, file)}, row {row}: ")
+                     + message):
     mimic_cxr.check(src, labels_only=True)
   problems = Problems(skip_bad=True)
   stats = mimic_cxr.check(src, labels_only=True, problems=problems)
-  assert problems.counts == {"bad_row": 1, "unknown_image": 1}
-  assert stats["sources"]["train"]["rows"] == 2
+  assert problems.counts == skipped
+  # Every image reported (at its split CSV row) is left out, and only those.
+  lost = sum(e.startswith(os.path.join(src, SPLIT)) for ex in problems.examples.values()
+             for e in ex)
+  assert lost >= 1 or file != SPLIT
+  assert sum(v["rows"] for v in stats["sources"].values()) == \
+      len(tables[mimic_cxr.SPLIT_CSV][1]) - lost
 
-  labels_csv = os.path.join(src, mimic_cxr.LABELS_CSV + ".gz")
-  _write_table(os.path.join(src, mimic_cxr.LABELS_CSV), LABEL_HEADER,
-               [["10000032", "50414267"] + ["2.0"] * 14], gz=True)
-  with pytest.raises(BadInputError, match=re.escape(f"{labels_csv}, row 2: column") + ".*'2.0'"):
-    mimic_cxr.check(src, labels_only=True)
+
+def test_script_stops_with_one_error_line(tmp_path):
+  src, reports = _make_mimic(tmp_path)
+  script = os.path.join(ROOT, "data_prep", "mimic_cxr.py")
+  run = subprocess.run([sys.executable, script, "--src", src, "--reports", reports, "--out",
+                        str(tmp_path / "out"), "--image_size", "16"],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  assert "mimic_cxr: built" in run.stdout and "skipped: none" in run.stdout
+  os.remove(_report_path(reports, "10000764", "57375967"))
+  for args in (["--check"], ["--out", str(tmp_path / "bad")], ["--policy", "u_maybe"]):
+    run = subprocess.run([sys.executable, script, "--src", src, "--reports", reports, *args],
+                         capture_output=True, text=True, timeout=120)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 1 and len(errors) == 1, run.stderr
+    assert errors[0] == run.stderr.strip().splitlines()[-1]
+    expected = "'u_maybe'" if "--policy" in args else "row 5: " + _report_path(
+        reports, "10000764", "57375967") + ": no such report file"
+    assert expected in errors[0]
+  assert not os.path.exists(tmp_path / "bad")

@@ -127,9 +127,9 @@ def test_unknown_config_key_on_the_command_line(tmp_path):
 
 
 def test_missing_data_path_is_named(demo_config):
-  demo_config.data.name = "medmnist"
-  demo_config.data.path = "/nonexistent/retinamnist.npz"
-  with pytest.raises(FileNotFoundError, match="/nonexistent/retinamnist.npz"):
+  demo_config.data.name = "tfds"
+  demo_config.data.path = "/nonexistent/retinamnist28"
+  with pytest.raises(FileNotFoundError, match="/nonexistent/retinamnist28"):
     trainer_lib.create_experiment(demo_config)
 
 

@@ -1,113 +1,182 @@
-"""MedMNIST 2D sets from their official `.npz` (train/val/test images and labels)."""
+"""MedMNIST v2 (any 2D set, 28 / 64 / 128 / 224 px) from its official `.npz`, as a TFDS builder
+whose config is the set's name.
+
+The file is checked against `medmnist.INFO` (split sizes, md5 of the file at its size): a
+difference is an error unless accepted explicitly (`accept_mismatch`), and an accepted
+difference is recorded in the dataset's metadata. The text is one modality sentence per set,
+never the label; the official train / val / test splits are kept (MedMNIST has no patient ids).
+"""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 
-from medvlmoe_jax.data.splits import Split
+from medvlmoe_jax.data.builder import Builder, Example
+from medvlmoe_jax.data.sources import BadInputError, md5
 
+SETS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+        "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
 # What a clinician knows before looking: the imaging modality, never the label.
 MODALITY_SENTENCE = {
-    "retinamnist": "a colour fundus photograph of the retina .",
     "pathmnist": "a haematoxylin and eosin stained colorectal tissue patch .",
     "chestmnist": "a frontal chest x - ray .",
     "dermamnist": "a dermatoscopic image of a skin lesion .",
+    "octmnist": "an optical coherence tomography scan of the retina .",
+    "pneumoniamnist": "a paediatric frontal chest x - ray .",
+    "retinamnist": "a colour fundus photograph of the retina .",
+    "breastmnist": "a breast ultrasound image .",
     "bloodmnist": "a microscopic image of a blood cell .",
+    "tissuemnist": "a microscopic image of kidney cortex cells .",
+    "organamnist": "an axial abdominal computed tomography slice .",
+    "organcmnist": "a coronal abdominal computed tomography slice .",
+    "organsmnist": "a sagittal abdominal computed tomography slice .",
 }
-
-
-def load_npz(path: str, name: str, task: str, num_classes: int) -> dict[str, Split]:
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(f"data.path={path!r}: no such MedMNIST .npz file")
-  try:
-    npz = np.load(path)
-  except Exception as e:  # noqa: BLE001 - re-raised with the file name
-    raise ValueError(f"{path}: not a readable .npz file ({e})") from e
-  sentence = MODALITY_SENTENCE.get(name, "a medical image .")
-  splits = {}
-  for split in ("train", "val", "test"):
-    key_x, key_y = f"{split}_images", f"{split}_labels"
-    if key_x not in npz or key_y not in npz:
-      raise KeyError(f"{path}: missing array {key_x!r} or {key_y!r}")
-    images = npz[key_x]
-    if images.ndim == 3:
-      images = np.repeat(images[..., None], 3, axis=-1)
-    y = npz[key_y].astype(np.int64)
-    if task == "multilabel":
-      labels = y.astype(np.float32)
-    else:
-      y = y.reshape(-1)
-      if y.min() < 0 or y.max() >= num_classes:
-        bad = int(np.nonzero((y < 0) | (y >= num_classes))[0][0])
-        raise ValueError(f"{path}: {key_y} row {bad} has label {y[bad]} outside 0..{num_classes - 1}")
-      labels = np.eye(num_classes, dtype=np.float32)[y]
-    splits[split] = Split(images=images.astype(np.uint8), texts=[sentence] * len(images),
-                          labels=labels, label_mask=np.ones_like(labels, dtype=bool))
-  return splits
-
-
+SPLITS = ("train", "val", "test")
 # medmnist.INFO task names -> ours.
 TASKS = {"multi-class": "multiclass", "ordinal-regression": "ordinal",
          "multi-label, binary-class": "multilabel", "binary-class": "multiclass"}
 
 
-def dataset_name(path: str) -> tuple[str, int]:
+def info(name: str) -> dict:
+  """The set's task, class names, split sizes and md5s, from the `medmnist` package."""
+  import medmnist as _medmnist   # installed with --no-deps (see README)
+  if name not in _medmnist.INFO:
+    raise BadInputError(f"{name!r} is not a MedMNIST dataset ({', '.join(SETS)})")
+  i = _medmnist.INFO[name]
+  return {"task": TASKS[i["task"]], "classes": [i["label"][k] for k in sorted(i["label"], key=int)],
+          "n_samples": i["n_samples"], "md5": {k: v for k, v in i.items() if k.startswith("MD5")},
+          "url": i["url"]}
+
+
+def name_and_size(path: str) -> tuple[str, int]:
   """'retinamnist_224.npz' -> ('retinamnist', 224); 'retinamnist.npz' -> ('retinamnist', 28)."""
   stem = os.path.basename(path).rsplit(".", 1)[0]
   name, _, size = stem.partition("_")
   return name, int(size) if size.isdigit() else 28
 
 
-def info(name: str) -> dict:
-  import medmnist as _medmnist   # installed with --no-deps (see README)
-  if name not in _medmnist.INFO:
-    raise ValueError(f"{name!r} is not a MedMNIST dataset ({sorted(_medmnist.INFO)})")
-  i = _medmnist.INFO[name]
-  return {"task": TASKS[i["task"]], "classes": [i["label"][k] for k in sorted(i["label"], key=int)],
-          "n_samples": i["n_samples"], "md5": i}
-
-
-def check(path: str, name: str | None = None) -> dict:
-  from medvlmoe_jax.data.records import file_checksum
-  name, size = dataset_name(path) if name is None else (name, dataset_name(path)[1])
+def read_npz(path: str, name: str) -> dict:
+  """{split: (images uint8 (N, H, W[, 3]), labels (N, C) float32)} checked against the set's
+  classes and task; returns also the differences from medmnist.INFO."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such MedMNIST .npz file")
+  try:
+    npz = np.load(path)
+  except Exception as e:  # noqa: BLE001 - re-raised with the file name
+    raise BadInputError(f"{path}: not a readable .npz file ({e})") from e
   meta = info(name)
-  task = meta["task"]
-  splits = load_npz(path, name, task, len(meta["classes"]))
-  md5_key = "MD5" if size == 28 else f"MD5_{size}"
-  md5 = file_checksum(path)
-  stats = {"name": name, "task": task, "classes": meta["classes"], "native_size": size,
-           "md5": md5, "md5_matches_medmnist": md5 == meta["md5"].get(md5_key),
-           "splits": {}}
-  for split, s in splits.items():
-    expected = meta["n_samples"][split]
-    if len(s) != expected:
-      raise ValueError(f"{path}: {split} has {len(s)} examples, medmnist.INFO says {expected}")
-    stats["splits"][split] = {"num_examples": len(s),
-                              "per_class": s.labels.sum(0).astype(int).tolist()}
-  return stats
+  num_classes = len(meta["classes"])
+  splits, differences = {}, []
+  for split in SPLITS:
+    key_x, key_y = f"{split}_images", f"{split}_labels"
+    for key in (key_x, key_y):
+      if key not in npz:
+        raise BadInputError(f"{path}: no array {key!r} (has {sorted(npz.keys())})")
+    images, y = npz[key_x], npz[key_y].astype(np.int64)
+    if meta["task"] == "multilabel":
+      labels = y.astype(np.float32)
+    else:
+      y = y.reshape(-1)
+      bad = np.nonzero((y < 0) | (y >= num_classes))[0]
+      if len(bad):
+        raise BadInputError(f"{path}: {key_y} row {bad[0]} has label {y[bad[0]]} outside "
+                            f"0..{num_classes - 1}")
+      labels = np.eye(num_classes, dtype=np.float32)[y]
+    if len(images) != meta["n_samples"][split]:
+      differences.append(f"{split} has {len(images)} examples, medmnist.INFO says "
+                         f"{meta['n_samples'][split]}")
+    splits[split] = (images, labels)
+  size = name_and_size(path)[1]
+  expected = meta["md5"].get("MD5" if size == 28 else f"MD5_{size}")
+  digest = md5(path)
+  if digest != expected:
+    differences.append(f"md5 {digest}, medmnist.INFO says {expected} for {size} px")
+  return {**meta, "splits": splits, "differences": differences, "file_md5": digest, "size": size}
 
 
-def prepare(path: str, out: str, image_size: int | None = None, name: str | None = None) -> dict:
-  """Writes the .npz as records (+ manifest.json); images resized (bicubic) if asked."""
-  from medvlmoe_jax.data import records
-  from medvlmoe_jax.data.preprocess import resize_and_crop
-  stats = check(path, name)
-  name, task, classes = stats["name"], stats["task"], stats["classes"]
-  image_size = image_size or stats["native_size"]
-  splits = load_npz(path, name, task, len(classes))
-  manifest = {"name": name, "task": task, "classes": classes, "image_size": image_size,
-              "text_policy": f"one modality sentence for every image: {MODALITY_SENTENCE.get(name, 'a medical image .')!r}",
-              "splits": {}, "skipped": {"counts": {}, "examples": {}},
-              "source_checksums": {os.path.basename(path): stats["md5"]}}
-  for split, s in splits.items():
-    def examples(s=s, split=split):
-      for i in range(len(s)):
-        image = s.images[i] if image_size == s.images.shape[1] else resize_and_crop(s.images[i], image_size)
-        yield records.encode_example(image, s.texts[i], s.labels[i], s.label_mask[i],
-                                     patient_id="", example_id=f"{split}-{i}")
-    files = records.write_split(out, split, examples(), len(s))
-    manifest["splits"][split] = {"num_examples": len(s), "files": files}
-  records.write_manifest(out, manifest)
-  return manifest
+def check(path: str, name: str | None = None, accept_mismatch: bool = False) -> str:
+  """What `--check` prints: task, classes, size, md5 and per-class counts per split."""
+  name = name or name_and_size(path)[0]
+  data = read_npz(path, name)
+  _refuse(path, data["differences"], accept_mismatch)
+  lines = [f"{name}: task {data['task']}, {len(data['classes'])} classes {data['classes']}, "
+           f"native size {data['size']} px, md5 {data['file_md5']} "
+           f"({'DOES NOT match' if data['differences'] else 'matches'} medmnist.INFO)"]
+  for split, (images, labels) in data["splits"].items():
+    lines.append(f"  {split:<5} {len(images):>7,} examples, per class "
+                 f"{labels.sum(0).astype(int).tolist()}")
+  return "\n".join(lines)
+
+
+def _refuse(path: str, differences: list[str], accept: bool) -> None:
+  if differences and not accept:
+    raise BadInputError(f"{path}: {'; '.join(differences)} (--accept_mismatch builds it anyway "
+                        "and records the difference in the dataset's metadata)")
+
+
+class MedMNIST(Builder):
+  """MedMNIST v2, one builder config per 2D set."""
+
+  name = "medmnist"
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Official train / val / test splits of the .npz, one modality "
+                            "sentence per set as the text."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=s, description=MODALITY_SENTENCE[s])
+                     for s in SETS]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Download the set's official file from Zenodo (https://zenodo.org/records/10519652):
+  `<name>.npz` for 28 px or `<name>_{64,128,224}.npz`, e.g. retinamnist.npz, and pass its
+  path as --src (the name and size are read from the file name; --name overrides the name).
+  `python -m medmnist save --flag=<name>` also fetches it."""
+  HOMEPAGE = "https://medmnist.com/"
+  CITATION = """\
+@article{medmnistv2,
+  title={MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
+  author={Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and Ke, Bilian and Pfister, Hanspeter and Ni, Bingbing},
+  journal={Scientific Data}, volume={10}, number={1}, pages={41}, year={2023}}"""
+  DESCRIPTION = "MedMNIST v2 2D sets: small standardised biomedical images."
+
+  def __init__(self, *, accept_mismatch: bool = False, **kwargs):
+    self.accept_mismatch = accept_mismatch
+    self._info_cache = None
+    super().__init__(**kwargs)
+
+  @property
+  def TASK(self):  # noqa: N802 - the base class's attribute, per config here
+    return self._set_info()["task"]
+
+  @property
+  def TEXT_POLICY(self):  # noqa: N802
+    return f"one modality sentence for every image: {MODALITY_SENTENCE[self.builder_config.name]!r}"
+
+  def _set_info(self) -> dict:
+    if self._info_cache is None:
+      self._info_cache = info(self.builder_config.name)
+    return self._info_cache
+
+  def classes(self) -> tuple[str, ...]:
+    return tuple(self._set_info()["classes"])
+
+  def dataset_name(self) -> str:
+    return self.builder_config.name
+
+  def source_files(self, src: str) -> list[str]:
+    return [src]
+
+  def read(self, src: str) -> dict[str, list[Example]]:
+    name = self.builder_config.name
+    data = read_npz(src, name)
+    _refuse(src, data["differences"], self.accept_mismatch)
+    self.info.metadata["differences_from_medmnist_info"] = data["differences"]
+    sentence = MODALITY_SENTENCE[name]
+    out = {}
+    for split, (images, labels) in data["splits"].items():
+      mask = np.ones(labels.shape[1], bool)
+      out[split] = [Example(key=f"{split}-{i}", where=f"{src}, {split}_images[{i}]",
+                            image=images[i], text=sentence, labels=labels[i], label_mask=mask)
+                    for i in range(len(images))]
+    return out

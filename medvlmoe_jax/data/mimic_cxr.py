@@ -1,24 +1,16 @@
-"""MIMIC-CXR-JPG 2.0.0 (PhysioNet layout) plus MIMIC-CXR reports -> the project's records.
-
-SRC/mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id, the 14 CheXpert labels
-SRC/mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split
-SRC/mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ..., ViewPosition, ...
-SRC/files/p10/p10000032/s50414267/<dicom_id>.jpg
-REPORTS/files/p10/p10000032/s50414267.txt   (REPORTS: --reports, else SRC/mimic-cxr-reports
-                                             if it exists, else SRC)
+"""MIMIC-CXR-JPG 2.0.0 with the MIMIC-CXR reports, as a TFDS builder.
 
 Decisions:
-- Labels come per study (every image of a study shares them), are mapped by column name
-  onto `chexpert.CLASSES` (same order as CheXpert, so heads transfer) and follow the same
-  blank / uncertainty policies.
+- Labels come per study (every image of a study shares them), are read by column name onto
+  `chexpert.CLASSES` (so heads transfer) and follow CheXpert's blank / uncertainty policies.
 - Splits are the official ones: train -> train, validate -> val, test -> test.
 - Frontal views only by default (ViewPosition PA or AP), as for CheXpert.
 - Text: only what a clinician has before reading the image, the INDICATION / HISTORY /
   COMPARISON sections of the report, never FINDINGS or IMPRESSION, from which the labels
   were extracted. A report with none of them gets a sentence naming the view.
-- A study without a row in the labels CSV, an image missing from the metadata, a missing
-  or empty report and a missing or unreadable image are bad input: an error naming the
-  file (and row), or counted and skipped with skip_bad.
+- A study without labels, an image missing from the metadata, ids that disagree between
+  the tables, a missing or empty report and a missing or unreadable image are bad input:
+  an error naming the file (and row), or counted and skipped with skip_bad.
 """
 
 from __future__ import annotations
@@ -28,18 +20,18 @@ import re
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow_datasets as tfds
 
-from medvlmoe_jax.data import chexpert, records
-from medvlmoe_jax.data.chexpert import CLASSES, Problems
+from medvlmoe_jax.data import chexpert
+from medvlmoe_jax.data.builder import Builder, Example
+from medvlmoe_jax.data.chexpert import CLASSES
+from medvlmoe_jax.data.sources import Problems, csv_rows
 
-NAME = "mimic_cxr"
 LABELS_CSV = "mimic-cxr-2.0.0-chexpert.csv"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 SPLITS = {"train": "train", "validate": "val", "test": "test"}
 FRONTAL = ("PA", "AP")
-TEXT_POLICY = ("report sections INDICATION / HISTORY / COMPARISON only (never FINDINGS or "
-               "IMPRESSION); a view sentence when the report has none of them")
 
 # ---------------------------------------------------------------------------- report text
 
@@ -127,7 +119,7 @@ def view_sentence(view_position: str = "") -> str:
 def clinical_text(report: str, view_position: str = "") -> str:
   """The text stream's input: 'Indication: ... History: ... Comparison: ...', or the view
   sentence when the report has none of those sections (the one place the text is composed;
-  `prepare` calls it for every image)."""
+  the build calls it for every image)."""
   sections = clinical_sections(report)
   return " ".join(f"{name}: {body}" for name, body in sections) or view_sentence(view_position)
 
@@ -145,199 +137,200 @@ class Image(NamedTuple):
 
   @property
   def frontal(self) -> bool:
-    return self.view_position.strip().upper() in FRONTAL
+    return self.view_position.upper() in FRONTAL
 
-  @property
-  def group(self) -> str:
-    return ("p" + self.subject_id)[:3]
+  def study_path(self, root: str) -> str:
+    """root/files/pXX/pSUBJECT/sSTUDY: the study's folder of images, or its report + .txt."""
+    return os.path.join(root, "files", "p" + self.subject_id[:2], "p" + self.subject_id,
+                        "s" + self.study_id)
 
   def image_path(self, src: str) -> str:
-    return os.path.join(src, "files", self.group, "p" + self.subject_id, "s" + self.study_id,
-                        self.dicom_id + ".jpg")
-
-  def report_path(self, reports_root: str) -> str:
-    return os.path.join(reports_root, "files", self.group, "p" + self.subject_id,
-                        "s" + self.study_id + ".txt")
+    return os.path.join(self.study_path(src), self.dicom_id + ".jpg")
 
 
 def find_csv(src: str, name: str) -> str:
-  for path in (os.path.join(src, name + ".gz"), os.path.join(src, name)):
-    if os.path.exists(path):
-      return path
-  raise FileNotFoundError(f"--src {src!r}: neither {name}.gz nor {name} found")
+  path = chexpert.find_file(src, name)
+  if path is None:
+    raise FileNotFoundError(f"--src {src!r}: neither {name} nor {name}.gz found")
+  return path
 
 
 def reports_root(src: str, reports: str | None = None) -> str:
-  """Where `files/pXX/...txt` lives: --reports, else SRC/mimic-cxr-reports, else SRC."""
+  """Where `files/pXX/...txt` lives: --reports (or its parent, if it names `files`), else
+  SRC/mimic-cxr-reports if it exists, else SRC."""
   if reports:
-    if os.path.basename(os.path.normpath(reports)) == "files" and \
-        not os.path.isdir(os.path.join(reports, "files")):
-      return os.path.dirname(os.path.normpath(reports))
+    reports = os.path.normpath(reports)
+    if os.path.basename(reports) == "files" and not os.path.isdir(os.path.join(reports, "files")):
+      return os.path.dirname(reports)
     return reports
   nested = os.path.join(src, "mimic-cxr-reports")
   return nested if os.path.isdir(nested) else src
 
 
-def _ids_ok(values: dict[str, str], where: str, problems: Problems) -> bool:
-  for key in ("subject_id", "study_id"):
-    if key in values and not values[key].strip().isdigit():
-      problems.report("bad_row", where, f"{key} is {values[key]!r} (expected digits)")
-      return False
-  if "dicom_id" in values and not re.fullmatch(r"[\w.-]+", values["dicom_id"].strip()):
-    problems.report("bad_row", where, f"dicom_id is {values['dicom_id']!r}")
-    return False
-  return True
+def _rows(path: str, required: tuple[str, ...], problems: Problems):
+  """A table's well-formed rows as (where, {column: stripped value}); the others reported."""
+  for where, v in csv_rows(path, required):
+    v = {k: x.strip() for k, x in v.items()}
+    bad = [f"{k} is {v[k]!r} (expected digits)" for k in ("subject_id", "study_id")
+           if k in v and not v[k].isdigit()]
+    if "dicom_id" in v and not re.fullmatch(r"[\w.-]+", v["dicom_id"]):
+      bad.append(f"dicom_id is {v['dicom_id']!r}")
+    if "_error" in v or bad:
+      problems.report("bad_row", where, v.get("_error") or bad[0])
+    else:
+      yield where, v
 
 
-def read_labels(path: str, problems: Problems) -> dict[str, tuple[str, np.ndarray]]:
-  """study_id -> (subject_id, raw labels)."""
-  studies = {}
-  for where, values in chexpert.csv_rows(path, ("subject_id", "study_id") + CLASSES):
-    if "_error" in values:
-      problems.report("bad_row", where, values["_error"])
+def read_images(src: str, problems: Problems) -> list[Image]:
+  """The split CSV's images joined with the metadata (view) and the labels (per study)."""
+  labels, views = {}, {}
+  for where, v in _rows(find_csv(src, LABELS_CSV), ("subject_id", "study_id") + CLASSES,
+                        problems):
+    if v["study_id"] in labels:
+      problems.report("bad_row", where, f"study {v['study_id']} appears twice")
       continue
-    if not _ids_ok(values, where, problems):
-      continue
-    study = values["study_id"].strip()
-    if study in studies:
-      problems.report("bad_row", where, f"study {study} appears twice")
-      continue
-    raw = chexpert.parse_labels(values, where, problems)
+    raw = chexpert.parse_labels(v, where, problems)
     if raw is not None:
-      studies[study] = (values["subject_id"].strip(), raw)
-  return studies
-
-
-def read_metadata(path: str, problems: Problems) -> dict[str, tuple[str, str, str]]:
-  """dicom_id -> (subject_id, study_id, ViewPosition)."""
-  images = {}
-  for where, values in chexpert.csv_rows(path, ("dicom_id", "subject_id", "study_id",
-                                                "ViewPosition")):
-    if "_error" in values:
-      problems.report("bad_row", where, values["_error"])
-      continue
-    if _ids_ok(values, where, problems):
-      images[values["dicom_id"].strip()] = (values["subject_id"].strip(),
-                                            values["study_id"].strip(),
-                                            values["ViewPosition"].strip())
-  return images
-
-
-def read_images(src: str, problems: Problems) -> tuple[list[Image], dict[str, str]]:
-  """The split CSV joined with the metadata and the labels; also the CSV paths used."""
-  paths = {name: find_csv(src, name) for name in (LABELS_CSV, SPLIT_CSV, METADATA_CSV)}
-  labels = read_labels(paths[LABELS_CSV], problems)
-  metadata = read_metadata(paths[METADATA_CSV], problems)
-  images = []
-  for where, values in chexpert.csv_rows(paths[SPLIT_CSV], ("dicom_id", "study_id",
-                                                            "subject_id", "split")):
-    if "_error" in values:
-      problems.report("bad_row", where, values["_error"])
-      continue
-    if not _ids_ok(values, where, problems):
-      continue
-    dicom, study = values["dicom_id"].strip(), values["study_id"].strip()
-    subject, split = values["subject_id"].strip(), values["split"].strip()
-    if split not in SPLITS:
-      problems.report("bad_row", where, f"split is {split!r} (expected one of {list(SPLITS)})")
-    elif dicom not in metadata:
+      labels[v["study_id"]] = (v["subject_id"], raw)
+  for _, v in _rows(find_csv(src, METADATA_CSV), ("dicom_id", "subject_id", "study_id",
+                                                  "ViewPosition"), problems):
+    views[v["dicom_id"]] = (v["subject_id"], v["study_id"], v["ViewPosition"])
+  images, seen = [], set()
+  for where, v in _rows(find_csv(src, SPLIT_CSV), ("dicom_id", "study_id", "subject_id",
+                                                   "split"), problems):
+    dicom, study, subject = v["dicom_id"], v["study_id"], v["subject_id"]
+    if v["split"] not in SPLITS:
+      problems.report("bad_row", where, f"split is {v['split']!r} (expected one of "
+                      f"{list(SPLITS)})")
+    elif dicom in seen:
+      problems.report("bad_row", where, f"dicom_id {dicom} appears twice")
+    elif dicom not in views:
       problems.report("unknown_image", where, f"dicom_id {dicom} is not in {METADATA_CSV}")
-    elif metadata[dicom][:2] != (subject, study):
+    elif views[dicom][:2] != (subject, study):
       problems.report("bad_row", where, f"dicom_id {dicom} belongs to subject "
-                      f"{metadata[dicom][0]}, study {metadata[dicom][1]} in {METADATA_CSV}")
+                      f"{views[dicom][0]}, study {views[dicom][1]} in {METADATA_CSV}")
     elif study not in labels:
       problems.report("no_labels", where, f"study {study} has no row in {LABELS_CSV}")
     elif labels[study][0] != subject:
       problems.report("bad_row", where, f"study {study} belongs to subject "
                       f"{labels[study][0]} in {LABELS_CSV}")
     else:
-      images.append(Image(where, dicom, subject, study, split, metadata[dicom][2],
+      seen.add(dicom)
+      images.append(Image(where, dicom, subject, study, v["split"], views[dicom][2],
                           labels[study][1]))
-  return images, paths
+  return images
 
 
-def read_report(image: Image, root: str, problems: Problems) -> str | None:
-  """The report text of the image's study, or None (reported) if missing or empty."""
-  path = image.report_path(root)
-  try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      text = f.read()
-  except FileNotFoundError:
-    problems.report("missing_report", image.where, f"{path}: no such report file")
-    return None
-  if not text.strip():
-    problems.report("empty_report", path, "the report is empty")
-    return None
-  return text
+def read_reports(images: list[Image], root: str, problems: Problems) -> dict[str, str | None]:
+  """study_id -> its report, read once per study; None (reported) if missing or empty."""
+  reports = {}
+  for im in images:
+    if im.study_id in reports:
+      continue
+    path = im.study_path(root) + ".txt"
+    reports[im.study_id] = None
+    try:
+      with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    except FileNotFoundError:
+      problems.report("missing_report", im.where, f"{path}: no such report file")
+      continue
+    if not text.strip():
+      problems.report("empty_report", path, "the report is empty")
+      continue
+    reports[im.study_id] = text
+  return reports
 
-
-# ---------------------------------------------------------------------------- check / prepare
 
 def check(src: str, labels_only: bool = False, problems: Problems | None = None,
           reports: str | None = None) -> dict:
-  """Validates the source and returns statistics per official split ("sources": train,
-  validate, test), per image; writes nothing. Unless labels_only, images are looked up and
-  reports read (the `fallback_text` row counts studies with none of the kept sections)."""
+  """Validates the source and returns statistics per official split, per image; writes
+  nothing. Unless labels_only, images are looked up and reports read (`fallback text`
+  counts the studies whose report has none of the kept sections)."""
   problems = problems or Problems()
-  images, _ = read_images(src, problems)
-  root = reports_root(src, reports)
-  stats = {"name": NAME, "root": src, "sources": {}, "classes": list(CLASSES)}
-  texts: dict[str, str | None] = {}
+  images = read_images(src, problems)
+  stats = {"name": MimicCxr.name, "root": src, "sources": {}, "classes": list(CLASSES)}
   for split in SPLITS:
     rows = [im for im in images if im.split == split]
+    studies = {im.study_id for im in rows}
     entry = {"rows": len(rows), "frontal": sum(im.frontal for im in rows),
-             "studies": len({im.study_id for im in rows}),
-             "patients": len({im.subject_id for im in rows}),
+             "studies": len(studies), "patients": len({im.subject_id for im in rows}),
              "missing_images": None, "fallback_text": None}
     if not labels_only:
-      entry["missing_images"] = 0
-      for im in rows:
-        if im.study_id not in texts:
-          report = read_report(im, root, problems)
-          texts[im.study_id] = None if report is None else \
-              ("" if clinical_sections(report) else "fallback")
-        if not os.path.exists(im.image_path(src)):
-          entry["missing_images"] += 1
-          problems.report("missing_image", im.where, f"{im.image_path(src)}: no such image file")
-      entry["fallback_text"] = sum(texts[s] == "fallback" for s in {im.study_id for im in rows})
-    entry["labels"] = chexpert.label_counts(
-        np.stack([im.raw for im in rows]) if rows else np.zeros((0, len(CLASSES)), np.float32))
-    stats["sources"][split] = entry
+      texts = read_reports(rows, reports_root(src, reports), problems)
+      entry["missing_images"] = chexpert.count_missing(
+          ((im.where, im.image_path(src)) for im in rows), problems)
+      entry["fallback_text"] = sum(t is not None and not clinical_sections(t)
+                                   for t in texts.values())
+    stats["sources"][split] = {**entry, "labels": chexpert.label_counts([im.raw for im in rows])}
   stats["skipped"] = problems.summary()
   return stats
 
 
-def prepare(src: str, out: str, image_size: int = 224, problems: Problems | None = None,
-            policy=chexpert.DEFAULT_POLICY, frontal_only: bool = True,
-            reports: str | None = None, num_workers: int | None = None) -> dict:
-  """Writes train / val / test records and manifest.json into `out`; returns the manifest."""
-  problems = problems or Problems()
-  policy = chexpert.parse_policy(policy)
-  images, paths = read_images(src, problems)
-  if frontal_only:
-    images = [im for im in images if im.frontal]
-  root = reports_root(src, reports)
-  study_reports: dict[str, str | None] = {}   # read once per study; None for a bad report
-  items = {name: [] for name in SPLITS.values()}
-  for im in images:
-    if im.study_id not in study_reports:
-      study_reports[im.study_id] = read_report(im, root, problems)
-    report = study_reports[im.study_id]
-    if report is None:
-      continue
-    text = clinical_text(report, im.view_position)   # the fallback names this image's view
-    labels, mask = chexpert.apply_policy(im.raw, policy)
-    items[SPLITS[im.split]].append(chexpert.Item(
-        im.where, im.image_path(src), text, labels, mask, "p" + im.subject_id, im.dicom_id))
-  splits = {name: chexpert.write_images_split(out, name, split_items, image_size, problems,
-                                              num_workers)
-            for name, split_items in items.items()}
-  manifest = {
-      "name": NAME, "task": "multilabel", "classes": list(CLASSES), "image_size": image_size,
-      "text_policy": TEXT_POLICY, "uncertainty_policy": policy,
-      "blank_label": chexpert.BLANK_LABEL, "views": "frontal" if frontal_only else "all",
-      "splits": splits, "skipped": problems.summary(),
-      "source_checksums": {os.path.basename(p): records.file_checksum(p)
-                           for p in paths.values()}}
-  records.write_manifest(out, manifest)
-  return manifest
+class MimicCxr(Builder):
+  """MIMIC-CXR-JPG 2.0.0: official train / val / test, report context as the text."""
+
+  name = "mimic_cxr"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "TFDS array_record build; official splits, INDICATION / HISTORY "
+                            "/ COMPARISON report sections as the text."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Both need a credentialed PhysioNet account and the signed data use agreement.
+  1. MIMIC-CXR-JPG 2.0.0, https://physionet.org/content/mimic-cxr-jpg/2.0.0/, e.g. with
+       wget -r -N -c -np --user USER --ask-password \\
+           https://physionet.org/files/mimic-cxr-jpg/2.0.0/
+     Its folder (physionet.org/files/mimic-cxr-jpg/2.0.0) is --src:
+       SRC/mimic-cxr-2.0.0-chexpert.csv.gz   subject_id, study_id, the 14 CheXpert labels
+       SRC/mimic-cxr-2.0.0-split.csv.gz      dicom_id, study_id, subject_id, split
+       SRC/mimic-cxr-2.0.0-metadata.csv.gz   dicom_id, subject_id, study_id, ViewPosition, ...
+       SRC/files/p10/p10000032/s50414267/<dicom_id>.jpg
+  2. The reports, mimic-cxr-reports.zip from MIMIC-CXR 2.0.0,
+     https://physionet.org/content/mimic-cxr/2.0.0/, unzipped into SRC/mimic-cxr-reports
+     (or anywhere, passed as --reports):
+       SRC/mimic-cxr-reports/files/p10/p10000032/s50414267.txt"""
+  HOMEPAGE = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
+  CITATION = """\
+@article{johnson2019mimiccxrjpg,
+  title={MIMIC-CXR-JPG, a large publicly available database of labeled chest radiographs},
+  author={Johnson, Alistair E. W. and Pollard, Tom J. and Greenbaum, Nathaniel R. and Lungren, Matthew P. and Deng, Chih-ying and Peng, Yifan and Lu, Zhiyong and Mark, Roger G. and Berkowitz, Seth J. and Horng, Steven},
+  journal={arXiv preprint arXiv:1901.07042}, year={2019}}
+@article{johnson2019mimiccxr,
+  title={MIMIC-CXR, a de-identified publicly available database of chest radiographs with free-text reports},
+  author={Johnson, Alistair E. W. and Pollard, Tom J. and Berkowitz, Seth J. and Greenbaum, Nathaniel R. and Lungren, Matthew P. and Deng, Chih-ying and Mark, Roger G. and Horng, Steven},
+  journal={Scientific Data}, volume={6}, pages={317}, year={2019}}"""
+  DESCRIPTION = ("MIMIC-CXR-JPG chest radiographs with the 14 CheXpert labels of their study "
+                 "and the clinical context of its report.")
+  CLASSES = CLASSES
+  TASK = "multilabel"
+  TEXT_POLICY = ("report sections INDICATION / HISTORY / COMPARISON only (never FINDINGS or "
+                 "IMPRESSION); a view sentence when the report has none of them")
+  EXTRA = {"view": tfds.features.Text(), "study": tfds.features.Text()}
+
+  def __init__(self, *, policy: str | dict | None = None, frontal_only: bool = True,
+               reports: str | None = None, **kwargs):
+    self.policy = chexpert.parse_policy(policy)
+    self.frontal_only, self.reports = frontal_only, reports
+    super().__init__(**kwargs)
+
+  def source_files(self, src: str) -> list[str]:
+    return [find_csv(src, name) for name in (LABELS_CSV, SPLIT_CSV, METADATA_CSV)]
+
+  def metadata(self) -> dict:
+    return {**chexpert.policy_metadata(self.policy, self.frontal_only),
+            "splits": f"official ({SPLIT_CSV}): train, validate -> val, test"}
+
+  def read(self, src: str) -> dict[str, list[Example]]:
+    images = [im for im in read_images(src, self.problems)
+              if im.frontal or not self.frontal_only]
+    reports = read_reports(images, reports_root(src, self.reports), self.problems)
+    out = {split: [] for split in SPLITS.values()}
+    for im in images:
+      if reports[im.study_id] is None:
+        continue
+      labels, mask = chexpert.apply_policy(im.raw, self.policy)
+      out[SPLITS[im.split]].append(Example(
+          key=im.dicom_id, where=im.where, image=im.image_path(src),
+          text=clinical_text(reports[im.study_id], im.view_position),   # names this image's view
+          labels=labels, label_mask=mask, patient_id="p" + im.subject_id,
+          extra={"view": im.view_position, "study": im.study_id}))
+    return {split: examples for split, examples in out.items() if examples}

@@ -1,5 +1,8 @@
-"""From a config to batches: load splits, tokenize, and feed them through Grain.
+"""From a config to batches: open the dataset, tokenize, and feed it through Grain.
 
+A built dataset (`data.name = "tfds"`, see `data/builder.py`) is read with TFDS's
+`as_data_source` (what `tfds.data_source` returns: random access over array_record, no
+TensorFlow) and decoded on access, in Grain's worker processes when `data.worker_count > 0`.
 Training batches come from a `grain.MapDataset` shuffled by seed (a fresh permutation each
 epoch) and repeated; its iterator state is small JSON that goes into every checkpoint, so a
 resumed run sees exactly the batches an uninterrupted one would. Evaluation batches are
@@ -9,22 +12,19 @@ padded to a fixed size (with a `valid` mask) so that one compiled eval step serv
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterator
 
 import grain
 import ml_collections
 import numpy as np
 
-from medvlmoe_jax.data import medmnist, records, synthetic
+from medvlmoe_jax.data import builder, synthetic
 from medvlmoe_jax.data.preprocess import CLIP_MEAN, CLIP_STD
-from medvlmoe_jax.data.splits import Split
 from medvlmoe_jax.data.tokenizers import BioGptTokenizer, WordTokenizer
 
 
-
 class ArraySplit:
-  """An in-memory split (synthetic data, MedMNIST .npz): pre-tokenized arrays."""
+  """An in-memory split (the synthetic demo): pre-tokenized arrays."""
 
   def __init__(self, arrays: dict[str, np.ndarray], groups: np.ndarray | None = None):
     self.arrays, self.groups = arrays, groups
@@ -44,24 +44,27 @@ class ArraySplit:
     return {k: v[index] for k, v in self.arrays.items()}
 
 
-class RecordSplit:
-  """A split of ArrayRecord shards (data_prep output): decoded and tokenized on access, in
-  Grain's worker processes when `data.worker_count > 0`."""
+class TfdsSplit:
+  """A split of a built dataset: examples decoded and tokenized on access."""
 
-  def __init__(self, files: list[str], tokenizer, max_len: int):
-    self.files, self.tokenizer, self.max_len = files, tokenizer, max_len
-    self.source = grain.sources.ArrayRecordDataSource(files)
+  def __init__(self, dataset, split: str, tokenizer, max_len: int):
+    self.dataset, self.split, self.tokenizer, self.max_len = dataset, split, tokenizer, max_len
+    self.source = dataset.as_data_source(split)
     self._meta = None
 
   def __len__(self) -> int:
     return len(self.source)
 
   def _read_meta(self):
-    if self._meta is None:   # labels and patients of the whole split, for the metrics
-      examples = [records.decode_example(self.source[i]) for i in range(len(self.source))]
+    """Labels and patients of the whole split, for the metrics: images are skipped, not
+    decoded."""
+    if self._meta is None:
+      import tensorflow_datasets as tfds
+      raw = self.dataset.as_data_source(self.split, decoders={"image": tfds.decode.SkipDecoding()})
+      examples = raw.__getitems__(range(len(raw)))
       self._meta = (np.stack([e["labels"] for e in examples]).astype(np.float32),
                     np.stack([e["label_mask"] for e in examples]).astype(bool),
-                    np.asarray([e["patient_id"] for e in examples]))
+                    np.asarray([e["patient_id"].decode() for e in examples]))
     return self._meta
 
   @property
@@ -78,9 +81,9 @@ class RecordSplit:
     return patients if np.all(patients != "") else None
 
   def gather(self, index: np.ndarray) -> dict[str, np.ndarray]:
-    examples = [records.decode_example(self.source[int(i)]) for i in index]
-    ids, mask = self.tokenizer([e["text"] for e in examples], self.max_len)
-    return {"image": np.stack([records.decode_image(e["image"]) for e in examples]),
+    examples = self.source.__getitems__([int(i) for i in index])
+    ids, mask = self.tokenizer([e["text"].decode() for e in examples], self.max_len)
+    return {"image": np.stack([e["image"] for e in examples]),
             "input_ids": ids, "attention_mask": mask,
             "labels": np.stack([e["labels"] for e in examples]).astype(np.float32),
             "label_mask": np.stack([e["label_mask"] for e in examples]).astype(bool)}
@@ -88,10 +91,10 @@ class RecordSplit:
 
 @dataclasses.dataclass
 class Dataset:
-  splits: dict[str, ArraySplit | RecordSplit]
+  splits: dict[str, ArraySplit | TfdsSplit]
   class_names: list[str]
   vocab_size: int
-  name: str = ""                 # the records' dataset name (e.g. "retinamnist")
+  name: str = ""                 # the built dataset's name (e.g. "retinamnist")
 
   @property
   def groups(self) -> dict[str, np.ndarray | None]:
@@ -109,68 +112,41 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict):
   raise ValueError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of ['word', 'biogpt']")
 
 
-def _load_splits(config: ml_collections.ConfigDict) -> tuple[dict[str, Split], list[str]]:
+def _load_built(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
   d = config.data
-  if d.name == "synthetic":
-    s = d.synthetic
-    sizes = {"train": s.num_train, "val": s.num_val, "test": s.num_test}
-    splits = {k: synthetic.make_split(k, n, s.num_classes, d.image_size, s.seed)
-              for k, n in sizes.items()}
-    return splits, synthetic.class_names(s.num_classes)
-  if d.name == "medmnist":
-    splits = medmnist.load_npz(d.path, "medmnist", d.task, config.model.num_classes)
-    return splits, [str(k) for k in range(config.model.num_classes)]
-  raise ValueError(f"data.name={d.name!r} is not a known dataset ['synthetic', 'medmnist', 'records']")
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-  if images.shape[1] == size and images.shape[2] == size:
-    return images
-  from PIL import Image
-  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
-                   for im in images])
-
-
-def _load_records(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
-  d = config.data
-  if not d.path or not os.path.isdir(d.path):
-    raise FileNotFoundError(f"data.path={d.path!r}: no such prepared data directory")
-  manifest = records.read_manifest(d.path)
-  if manifest["task"] != d.task:
-    raise ValueError(f"{d.path}: the data's task is {manifest['task']!r} but data.task={d.task!r}")
-  if manifest["image_size"] != d.image_size:
-    raise ValueError(f"{d.path}: images were prepared at {manifest['image_size']} px but "
+  ds = builder.load(d.path)
+  meta, where = ds.info.metadata, ds.data_dir
+  if meta["task"] != d.task:
+    raise ValueError(f"{where}: the data's task is {meta['task']!r} but data.task={d.task!r}")
+  if meta["image_size"] != d.image_size:
+    raise ValueError(f"{where}: images were prepared at {meta['image_size']} px but "
                      f"data.image_size={d.image_size}")
-  if len(manifest["classes"]) != config.model.num_classes:
-    raise ValueError(f"{d.path}: {len(manifest['classes'])} classes but model.num_classes="
+  if len(meta["classes"]) != config.model.num_classes:
+    raise ValueError(f"{where}: {len(meta['classes'])} classes but model.num_classes="
+                     f"{config.model.num_classes}")
+  splits = {name: TfdsSplit(ds, name, tokenizer, d.text_max_len) for name in ds.info.splits}
+  return Dataset(splits, list(meta["classes"]), tokenizer.vocab_size, meta["name"])
+
+
+def _load_synthetic(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
+  d, s = config.data, config.data.synthetic
+  if s.num_classes != config.model.num_classes:
+    raise ValueError(f"the data has {s.num_classes} classes but model.num_classes="
                      f"{config.model.num_classes}")
   splits = {}
-  for name, info in manifest["splits"].items():
-    files = [os.path.join(d.path, f) for f in info["files"]]
-    missing = [f for f in files if not os.path.exists(f)]
-    if missing:
-      raise FileNotFoundError(f"{d.path}: manifest.json names missing shard(s) {missing}")
-    splits[name] = RecordSplit(files, tokenizer, d.text_max_len)
-  return Dataset(splits, list(manifest["classes"]), tokenizer.vocab_size, manifest.get("name", ""))
+  for name, n in {"train": s.num_train, "val": s.num_val, "test": s.num_test}.items():
+    split = synthetic.make_split(name, n, s.num_classes, d.image_size, s.seed)
+    ids, mask = tokenizer(split.texts, d.text_max_len)
+    splits[name] = ArraySplit(dict(image=split.images, input_ids=ids, attention_mask=mask,
+                                   labels=split.labels, label_mask=split.label_mask))
+  return Dataset(splits, synthetic.class_names(s.num_classes), tokenizer.vocab_size, "synthetic")
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
-  tokenizer = make_tokenizer(config.data)
-  if config.data.name == "records":
-    return _load_records(config, tokenizer)
-  splits, names = _load_splits(config)
-  encoded = {}
-  for name, split in splits.items():
-    ids, mask = tokenizer(split.texts, config.data.text_max_len)
-    encoded[name] = ArraySplit(dict(
-        image=_resize(split.images, config.data.image_size), input_ids=ids,
-        attention_mask=mask, labels=split.labels.astype(np.float32),
-        label_mask=split.label_mask.astype(bool)), split.groups)
-  num_classes = splits["train"].labels.shape[1]
-  if num_classes != config.model.num_classes:
-    raise ValueError(f"the data has {num_classes} classes but model.num_classes="
-                     f"{config.model.num_classes}")
-  return Dataset(encoded, names, tokenizer.vocab_size)
+  loaders = {"synthetic": _load_synthetic, "tfds": _load_built}
+  if config.data.name not in loaders:
+    raise ValueError(f"data.name={config.data.name!r} is not one of {sorted(loaders)}")
+  return loaders[config.data.name](config, make_tokenizer(config.data))
 
 
 def normalize(batch: dict) -> dict:

@@ -9,14 +9,26 @@ sex and view are noise.
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
 
-from medvlmoe_jax.data.splits import Split
+import numpy as np
+import tensorflow_datasets as tfds
+
+from medvlmoe_jax.data.builder import Builder, Example
 
 SYMPTOMS = ["cough", "fever", "dyspnea", "chest pain", "fatigue", "wheezing", "edema", "syncope"]
 TEXT_LABELS = 2          # the last labels are mostly visible in the text
 _FILLER = ["history of", "presents with", "complains of"]
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclasses.dataclass
+class Split:
+  """One split in memory; `labels` is (N, C) float32 in {0, 1}."""
+  images: np.ndarray            # (N, H, W, 3) uint8
+  texts: list[str]
+  labels: np.ndarray
+  label_mask: np.ndarray        # (N, C) bool
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -63,3 +75,36 @@ def make_split(split: str, num_examples: int, num_classes: int, image_size: int,
   texts = [_sentence(rng, labels[i]) for i in range(num_examples)]
   return Split(images=images, texts=texts, labels=labels,
                label_mask=np.ones_like(labels, dtype=bool))
+
+
+class Synthetic(Builder):
+  """The demo set as a TFDS dataset (the demo config makes it in memory instead)."""
+
+  name = "synthetic"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Squares per label, symptom words for the last two labels."}
+  TASK = "multilabel"
+  TEXT_POLICY = "age, sex and view (noise) and symptom words tied to the last two labels"
+  DESCRIPTION = __doc__
+  HOMEPAGE = "https://github.com/medvlmoe/medvlmoe_jax"
+
+  def __init__(self, *, num_train: int = 2048, num_val: int = 512, num_test: int = 512,
+               num_classes: int = 6, seed: int = 1234, **kwargs):
+    self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+    self.num_classes, self.seed = num_classes, seed
+    super().__init__(**kwargs)
+
+  def classes(self) -> tuple[str, ...]:
+    return tuple(class_names(self.num_classes))
+
+  def metadata(self) -> dict:
+    return {"sizes": self.sizes, "seed": self.seed}
+
+  def read(self, src) -> dict[str, list[Example]]:
+    out = {}
+    for split, n in self.sizes.items():
+      s = make_split(split, n, self.num_classes, self.image_size, self.seed)
+      out[split] = [Example(key=f"{split}-{i}", where=f"synthetic {split}[{i}]",
+                            image=s.images[i], text=s.texts[i], labels=s.labels[i],
+                            label_mask=s.label_mask[i]) for i in range(n)]
+    return out

@@ -2,8 +2,8 @@
 
 Only the model parameters are restored (an Orbax partial restore of the train state), so
 neither the dataset nor the optimizer is built: a prediction needs the workdir alone (plus the
-tokenizer files for BioGPT runs, and the prepared data's manifest.json for the class names of
-a `records` run).
+tokenizer files for BioGPT runs, and the built dataset's metadata for the class names of a
+`tfds` run).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from medvlmoe_jax.data import pipeline, records, synthetic
+from medvlmoe_jax.data import builder, pipeline, synthetic
 from medvlmoe_jax.data.preprocess import load_image, resize_and_crop
 from medvlmoe_jax.eval.run import load_config, resolve_step
 from medvlmoe_jax.models.medvlmoe import abstract_model
@@ -93,15 +93,13 @@ def class_names(config) -> list[str]:
   d, n = config.data, config.model.num_classes
   if d.name == "synthetic":
     return synthetic.class_names(n)
-  if d.name == "records":
-    try:
-      names = list(records.read_manifest(d.path)["classes"])
-      if len(names) == n:
-        return names
-    except (OSError, KeyError, TypeError, ValueError) as e:
-      log.warning("no class names from data.path=%r (%s); using class_<k>", d.path, e)
-    return [f"class_{k}" for k in range(n)]
-  return [str(k) for k in range(n)]   # medmnist: the labels are the class indices
+  try:
+    names = list(builder.load(d.path).info.metadata["classes"])
+    if len(names) == n:
+      return names
+  except (OSError, KeyError, TypeError, ValueError) as e:
+    log.warning("no class names from data.path=%r (%s); using class_<k>", d.path, e)
+  return [f"class_{k}" for k in range(n)]
 
 
 class Predictor:
