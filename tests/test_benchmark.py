@@ -1,7 +1,9 @@
 """The benchmark code runs and reports ratios (tiny sizes; the numbers come from
 `launch/benchmark.py`, not from tests)."""
 
-from medvlmoe_jax.benchmark import encoders, moe, train
+from conftest import SHARED_DATA
+
+from medvlmoe_jax.benchmark import data, encoders, moe, train
 
 
 def test_moe_benchmark_reports_ratios():
@@ -69,3 +71,10 @@ def test_train_benchmark_tiny(demo_config):
   assert r["outside_compute_share"] < 1
   assert r["model_gflop_per_step"] > 0
   assert "tiny" in train.table(res)
+
+
+def test_data_benchmark_builds_and_reads_real_xrays():
+  res = data.run(SHARED_DATA, num_examples=8, batch_size=4, workers=(0,), batches=2)
+  assert res["prepare_records_per_s"] > 0 and res["prepare_1_thread_records_per_s"] > 0
+  assert res["pipeline"]["0_workers_records_per_s"] > 0
+  assert "TFDS build" in data.table(res)

@@ -58,9 +58,11 @@ def run(shared_data: str, num_examples: int = 512, batch_size: int = 32,
   try:
     pngs = _source_pngs(shared_data, num_examples, workdir)
     out = os.path.join(workdir, "built")
-    t0 = time.perf_counter()
-    built = builder.build(_Pngs, out, pngs=pngs, image_size=224)
-    prep_s = time.perf_counter() - t0
+    prep_s = {}
+    for threads in (1, None):                   # one thread, then data_prep's default
+      t0 = time.perf_counter()
+      built = builder.build(_Pngs, out, pngs=pngs, image_size=224, num_workers=threads)
+      prep_s[threads] = time.perf_counter() - t0
     tok_dir = os.path.join(workdir, "tokenizer")
     release = os.path.join(shared_data, "biogpt_tokenizer")
     write_biogpt_tokenizer(os.path.join(release, "dict.txt"), os.path.join(release, "bpecodes"), tok_dir)
@@ -69,7 +71,8 @@ def run(shared_data: str, num_examples: int = 512, batch_size: int = 32,
                                              contrast=0.1, hflip=False))
     result = {"num_examples": num_examples, "batch_size": batch_size,
               "prepare_threads": built.num_workers or min(16, os.cpu_count() or 1),
-              "prepare_records_per_s": num_examples / prep_s, "pipeline": {}}
+              "prepare_records_per_s": num_examples / prep_s[None],
+              "prepare_1_thread_records_per_s": num_examples / prep_s[1], "pipeline": {}}
     for w in workers:
       it = pipeline.train_iterator(split, batch_size, seed=0, worker_count=w, augment_cfg=augment)
       next(it)                                  # start-up (worker processes) not counted
@@ -87,7 +90,8 @@ def run(shared_data: str, num_examples: int = 512, batch_size: int = 32,
 def table(result: dict) -> str:
   lines = [f"input pipeline, 512x512 PNG X-rays, batch {result['batch_size']}:",
            f"  data_prep (TFDS build, {result['prepare_threads']} threads: decode 512 px PNG, "
-           f"resize+crop to 224, encode, write): {result['prepare_records_per_s']:.0f} records/s"]
+           f"resize+crop to 224, encode, write): {result['prepare_records_per_s']:.0f} records/s "
+           f"({result['prepare_1_thread_records_per_s']:.0f} with 1 thread)"]
   for k, v in result["pipeline"].items():
     lines.append(f"  training pipeline, {k.split('_')[0]} workers (read, decode, augment, "
                  f"tokenize, batch): {v:.0f} records/s")

@@ -86,15 +86,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
-  def classes(self) -> tuple[str, ...]:
-    return self.CLASSES
-
-  def dataset_name(self) -> str:
-    """The name runs and reports use (MedMNIST: the set's, not the builder's)."""
-    return self.name
-
   def _info(self) -> tfds.core.DatasetInfo:
-    num_classes = len(self.classes())
+    num_classes = len(self.CLASSES)
     features = {
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
         "text": tfds.features.Text(),
@@ -117,7 +110,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return []
 
   def metadata(self) -> dict:
-    """Dataset-specific metadata (split policy, uncertainty policy, ...)."""
+    """Dataset-specific metadata (split policy, uncertainty policy, ...; MedMNIST's `name`)."""
     return {}
 
   def _split_generators(self, dl_manager):
@@ -125,10 +118,11 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if src is None and self.MANUAL_DOWNLOAD_INSTRUCTIONS:   # tfds's own --manual_dir
       src = os.fspath(dl_manager.manual_dir)
     splits = self.read(src)
-    self.info.metadata.update(
-        name=self.dataset_name(), task=self.TASK, classes=list(self.classes()),
-        image_size=self.image_size, text_policy=self.TEXT_POLICY,
-        source_checksums=checksums(self.source_files(src)), patients={}, **self.metadata())
+    self.info.metadata.update({
+        "name": self.name, "task": self.TASK, "classes": list(self.CLASSES),
+        "image_size": self.image_size, "text_policy": self.TEXT_POLICY,
+        "source_checksums": checksums(self.source_files(src)), "patients": {},
+        **self.metadata()})
     return {name: self._generate_examples(name, examples) for name, examples in splits.items()}
 
   def _generate_examples(self, split: str, examples: list[Example]):

@@ -20,8 +20,7 @@ import tensorflow_datasets as tfds
 
 from medvlmoe_jax.data.builder import Builder, Example
 from medvlmoe_jax.data.preprocess import load_image
-from medvlmoe_jax.data.sources import (Problems, csv_rows, ordered_map, patient_split,
-                                       sentence)
+from medvlmoe_jax.data.sources import Problems, csv_rows, ordered_map, patient_split, sentence
 
 CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
            "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis",
@@ -31,9 +30,6 @@ CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz",
              "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz")
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
 MAX_AGE = 120
-TEXT_POLICY = ("One sentence made only from Patient Age, Patient Gender and View Position "
-               "(e.g. 'A 58-year-old male patient, PA view.'), never from Finding Labels; "
-               f"an age above {MAX_AGE} or unparseable, an unknown sex or view is left out.")
 
 _REQUIRED = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender",
              "View Position")
@@ -42,54 +38,34 @@ _AGE_RE = re.compile(r"^\s*(\d{1,4})\s*([YyMmWwDd]?)\s*$")
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 # Fixed vocabularies: whatever the CSV holds, no free text reaches the sentence or features.
 _SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
-_VIEW = {"PA": "PA view", "AP": "AP view", "LL": "lateral view", "RL": "lateral view",
-         "LATERAL": "lateral view"}
+_VIEW = {"PA": "PA view", "AP": "AP view", **dict.fromkeys(("LL", "RL", "LATERAL"), "lateral view")}
+_OVERLAP_PAIRS = (("train_val", "test"), ("train", "val"), ("train", "test"), ("val", "test"))
 
 
 def parse_age(raw: str) -> int | None:
   """Years, or None where missing or implausible: the 2017 table has typos like 411, and
   guessing a correction would invent data."""
   match = _AGE_RE.match(str(raw))
-  if not match:
-    return None
-  years = int(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()])
-  return years if years <= MAX_AGE else None
+  years = int(int(match[1]) * _AGE_UNIT_YEARS[match[2].upper()]) if match else None
+  return years if years is not None and years <= MAX_AGE else None
 
 
 def describe(age: str, sex: str, view: str) -> tuple[str, dict]:
   """(the sentence, the extra features) of one row, from the fixed vocabularies only."""
-  years = parse_age(age)
-  sex = _SEX.get(sex.strip().upper(), "")
-  view = view.strip().upper()
-  view = view if view in _VIEW else ""
-  return (sentence(years, sex, _VIEW.get(view, "")),
-          {"view": view, "sex": sex, "age": -1 if years is None else years})
-
-
-def _labels(field: str) -> tuple[np.ndarray | None, str | None]:
-  names = [n.strip() for n in field.split("|")]
-  if names == [NO_FINDING]:
-    return np.zeros(len(CLASSES), np.float32), None
-  if not field.strip():
-    return None, "empty Finding Labels"
-  if NO_FINDING in names:
-    return None, f"{NO_FINDING!r} together with other labels in {field!r}"
-  unknown = [n for n in names if n not in CLASSES]
-  if unknown:
-    return None, (f"unknown label {unknown[0]!r} in Finding Labels {field!r} "
-                  f"(known: {', '.join(CLASSES)}, {NO_FINDING})")
-  labels = np.zeros(len(CLASSES), np.float32)
-  labels[[CLASSES.index(n) for n in names]] = 1.0
-  return labels, None
+  years, sex, view = parse_age(age), _SEX.get(sex.strip().upper(), ""), view.strip().upper()
+  return sentence(years, sex, _VIEW.get(view, "")), {
+      "view": view if view in _VIEW else "", "sex": sex, "age": -1 if years is None else years}
 
 
 @dataclasses.dataclass
 class Source:
   """The validated table (rows by image name, image not yet located) and split lists."""
-  files: tuple[str, str, str]     # CSV, train_val list, test list
+  files: tuple[str, ...]          # CSV, train_val list, test list
   rows: dict[str, Example]
   train_val: list[str]
   test: list[str]
+  unlisted: int = 0               # valid rows in neither list
+  unknown_age: int = 0            # valid rows of unknown or implausible age
 
   def patients(self, names) -> set[str]:
     return {self.rows[n].patient_id for n in names}
@@ -99,12 +75,6 @@ class Source:
     return {"train_val": self.train_val, "test": self.test,
             "train": [n for n in self.train_val if self.rows[n].patient_id not in val],
             "val": [n for n in self.train_val if self.rows[n].patient_id in val]}
-
-  def unlisted(self) -> int:
-    return len(set(self.rows) - set(self.train_val) - set(self.test))
-
-  def unknown_age(self) -> int:
-    return sum(ex.extra["age"] < 0 for ex in self.rows.values())
 
 
 def find_files(src: str) -> tuple[str, str, str]:
@@ -120,120 +90,81 @@ def find_files(src: str) -> tuple[str, str, str]:
   return found[0], os.path.join(src, TRAIN_VAL_LIST), os.path.join(src, TEST_LIST)
 
 
-def read_table(path: str, problems: Problems) -> tuple[dict[str, Example], set[str]]:
-  """Valid rows by image name, and the names of rows dropped as bad."""
-  rows: dict[str, Example] = {}
-  dropped: set[str] = set()
-  for where, row in csv_rows(path, _REQUIRED):
-    name = row.get("_first") if "_error" in row else row["Image Index"].strip()
-    if "_error" in row or not name:
-      problems.report("malformed_row", where, row.get("_error", "empty Image Index"))
-      dropped.add(name)
-      continue
-    if name in rows:
-      problems.report("duplicate_row", where,
-                      f"{name} already given in {rows[name].where.rsplit(', ', 1)[1]}")
-      continue
-    patient = row["Patient ID"].strip()
-    labels, error = _labels(row["Finding Labels"])
-    if not patient or error:
-      problems.report("unknown_label" if patient else "malformed_row", where,
-                      f"{name}: {error if patient else 'empty Patient ID'}")
-      dropped.add(name)
-      continue
-    text, extra = describe(row["Patient Age"], row["Patient Gender"], row["View Position"])
-    rows[name] = Example(key=name, where=where, image="", text=text, labels=labels,
-                         label_mask=np.ones(len(CLASSES), bool), extra=extra,
-                         patient_id=str(int(patient)) if patient.isdigit() else patient)
-  return rows, dropped - rows.keys() - {""}   # a valid row of the same name still counts
-
-
-def read_list(path: str, rows: dict, dropped: set[str], problems: Problems) -> dict[str, int]:
-  """Name -> line of one split list, in file order; each must be a valid row of the table."""
-  seen: dict[str, int] = {}
-  with open(path, encoding="utf-8-sig") as f:
-    for line_no, line in enumerate(f, 1):
-      name, where = line.strip(), f"{path}, line {line_no}"
-      if not name or name in dropped:
-        continue
-      if name not in rows:
-        problems.report("unknown_image_in_split", where, f"{name} is not a row of the label table")
-      elif name in seen:
-        problems.report("duplicate_in_split", where, f"{name} already listed on line {seen[name]}")
-      else:
-        seen[name] = line_no
-  return seen
-
-
 def read_source(src: str, problems: Problems) -> Source:
   """The table and the split lists, cross-checked; images are not touched."""
   files = find_files(src)
-  rows, dropped = read_table(files[0], problems)
-  tv_lines, test_lines = (read_list(p, rows, dropped, problems) for p in files[1:])
+  rows, dropped = {}, set()   # valid rows by name; names of rows dropped as bad
+  for where, row in csv_rows(files[0], _REQUIRED):
+    name = row.get("_first") if "_error" in row else row["Image Index"].strip()
+    patient, field = row.get("Patient ID", "").strip(), row.get("Finding Labels", "")
+    labels = [n.strip() for n in field.split("|")]
+    unknown = [n for n in labels if n not in CLASSES + (NO_FINDING,)]
+    if "_error" in row or not name:   # bad: (kind, message), in the order they are checked
+      bad = "malformed_row", row.get("_error", "empty Image Index")
+    elif name in rows:
+      bad = "duplicate_row", f"{name} already given in {rows[name].where.rsplit(', ', 1)[1]}"
+    elif not patient:
+      bad = "malformed_row", f"{name}: empty Patient ID"
+    elif not field.strip():
+      bad = "unknown_label", f"{name}: empty Finding Labels"
+    elif NO_FINDING in labels and len(labels) > 1:
+      bad = "unknown_label", f"{name}: {NO_FINDING!r} together with other labels in {field!r}"
+    elif unknown:
+      bad = "unknown_label", (f"{name}: unknown label {unknown[0]!r} in Finding Labels {field!r} "
+                              f"(known: {', '.join(CLASSES)}, {NO_FINDING})")
+    else:
+      text, extra = describe(row["Patient Age"], row["Patient Gender"], row["View Position"])
+      rows[name] = Example(key=name, where=where, image="", text=text, extra=extra,
+                           labels=np.isin(CLASSES, labels).astype(np.float32),
+                           label_mask=np.ones(len(CLASSES), bool),
+                           patient_id=str(int(patient)) if patient.isdigit() else patient)
+      continue
+    problems.report(bad[0], where, bad[1])
+    dropped.add(name)
+  dropped -= rows.keys() | {""}   # a valid row of the name (a duplicate's first) stays listed
+  tv_lines, test_lines = {}, {}   # name -> line of the list, in list order
+  for path, seen in zip(files[1:], (tv_lines, test_lines)):
+    with open(path, encoding="utf-8-sig") as f:
+      for line_no, name in enumerate(map(str.strip, f), 1):
+        if not name or name in dropped:
+          continue
+        if name not in rows:
+          problems.report("unknown_image_in_split", f"{path}, line {line_no}",
+                          f"{name} is not a row of the label table")
+        elif name in seen:
+          problems.report("duplicate_in_split", f"{path}, line {line_no}",
+                          f"{name} already listed on line {seen[name]}")
+        else:
+          seen[name] = line_no
   for name in filter(test_lines.__contains__, tv_lines):
     problems.report("image_in_both_splits", f"{files[1]}, line {tv_lines[name]}",
                     f"{name} is also on line {test_lines[name]} of {TEST_LIST}; with "
                     "--skip_bad the test list keeps it")
   train_val = [n for n in tv_lines if n not in test_lines]
   test_patients = {rows[n].patient_id for n in test_lines}
-  shared: dict[str, list[str]] = {}
-  for name in train_val:
-    if rows[name].patient_id in test_patients:
-      shared.setdefault(rows[name].patient_id, []).append(name)
+  shared: dict[str, list[str]] = {}   # patient -> their train_val images, in list order
+  for name in (n for n in train_val if rows[n].patient_id in test_patients):
+    shared.setdefault(rows[name].patient_id, []).append(name)
   for pid, names in shared.items():
     problems.report("patient_in_both_splits", f"{files[1]}, line {tv_lines[names[0]]}",
                     f"patient {pid} ({names[0]}) also has images in {TEST_LIST}; with "
                     f"--skip_bad the {len(names)} train_val image(s) of the patient are dropped")
-  return Source(files, rows, [n for n in train_val if rows[n].patient_id not in shared],
-                list(test_lines))
+  train_val = [n for n in train_val if rows[n].patient_id not in shared]
+  return Source(files, rows, train_val, list(test_lines),
+                unlisted=len(rows.keys() - {*train_val, *test_lines}),
+                unknown_age=sum(ex.extra["age"] < 0 for ex in rows.values()))
 
 
-def index_images(src: str) -> dict[str, str]:
-  """Image name -> path over images/, images_NNN/images/ and images_NNN/ (first wins)."""
-  dirs = [os.path.join(src, "images")]
-  for d in sorted(glob.glob(os.path.join(src, "images_*"))):
-    dirs += [os.path.join(d, "images"), d]
-  index: dict[str, str] = {}
-  for d in filter(os.path.isdir, dirs):
-    with os.scandir(d) as it:
-      for e in it:
-        if e.name not in index and e.is_file():
-          index[e.name] = e.path
-  return index
-
-
-def located(source: Source, names: list[str], index: dict[str, str],
-            problems: Problems) -> list[Example]:
-  """The examples of `names` with their image files; a missing image is reported."""
-  out = []
-  for name in names:
-    if name in index:
-      out.append(dataclasses.replace(source.rows[name], image=index[name]))
-    else:
-      problems.report("missing_image", source.rows[name].where, f"image {name} not found "
-                      "under images/, images_NNN/images/ or images_NNN/")
-  return out
-
-
-def check_images(source: Source, names: list[str], src: str, problems: Problems,
-                 num_workers: int | None = None) -> dict:
-  """Every listed image exists and decodes; returns counts (bad ones need skip_bad)."""
-  examples = located(source, names, index_images(src), problems)
-
-  def error(ex: Example) -> str | None:
-    try:
-      load_image(ex.image)
-      return None
-    except (FileNotFoundError, ValueError) as e:
-      return str(e)
-
-  unreadable = 0
-  for ex, err in zip(examples, ordered_map(error, examples, num_workers)):
-    if err:
-      problems.report("unreadable_image", ex.where, f"image {err}")
-      unreadable += 1
-  return {"listed": len(names), "found": len(examples), "missing": len(names) - len(examples),
-          "unreadable": unreadable, "readable": len(examples) - unreadable}
+def located(source: Source, names: list[str], src: str, problems: Problems) -> dict[str, Example]:
+  """{name: example} of the `names` whose image file is found; a missing one is reported."""
+  kaggle = sorted(glob.glob(os.path.join(src, "images_*")))
+  dirs = [os.path.join(src, "images")] + [p for d in kaggle for p in (os.path.join(d, "images"), d)]
+  index = {e.name: e.path for d in filter(os.path.isdir, reversed(dirs))   # the first dir wins
+           for e in os.scandir(d) if e.is_file()}
+  for name in (n for n in names if n not in index):
+    problems.report("missing_image", source.rows[name].where, f"image {name} not found "
+                    "under images/, images_NNN/images/ or images_NNN/")
+  return {n: dataclasses.replace(source.rows[n], image=index[n]) for n in names if n in index}
 
 
 def check(src: str, labels_only: bool = False, problems: Problems | None = None,
@@ -242,49 +173,57 @@ def check(src: str, labels_only: bool = False, problems: Problems | None = None,
   problems = problems or Problems()
   source = read_source(src, problems)
   splits = source.splits(val_fraction, seed)
-  labels = {s: np.array([source.rows[n].labels for n in names]).reshape(len(names), len(CLASSES))
-            for s, names in splits.items()}
-  labels["total"] = np.concatenate([labels["train_val"], labels["test"]])
-  overlap = {f"{a}/{b}": len(source.patients(splits[a]) & source.patients(splits[b]))
-             for a, b in (("train_val", "test"), ("train", "val"), ("train", "test"),
-                          ("val", "test"))}
+  labels = {s: np.reshape([source.rows[n].labels for n in names], (-1, len(CLASSES)))
+            for s, names in {**splits, "total": source.train_val + source.test}.items()}
+  patients = {s: source.patients(names) for s, names in splits.items()}
+  overlap = {f"{a}/{b}": len(patients[a] & patients[b]) for a, b in _OVERLAP_PAIRS}
+  images = None
+  if not labels_only:
+    def decode_error(ex: Example) -> str | None:
+      try:
+        load_image(ex.image)
+      except (FileNotFoundError, ValueError) as e:
+        return str(e)
+    listed = source.train_val + source.test
+    found = list(located(source, listed, src, problems).values())
+    unreadable = 0
+    for ex, error in zip(found, ordered_map(decode_error, found, num_workers)):
+      if error:
+        problems.report("unreadable_image", ex.where, f"image {error}")
+        unreadable += 1
+    images = {"listed": len(listed), "found": len(found), "missing": len(listed) - len(found),
+              "unreadable": unreadable, "readable": len(found) - unreadable}
   return {
       "source": src, "csv": os.path.basename(source.files[0]), "csv_rows": len(source.rows),
-      "unlisted_images": source.unlisted(), "unknown_age": source.unknown_age(),
+      "unlisted_images": source.unlisted, "unknown_age": source.unknown_age,
       "val_fraction": val_fraction, "seed": seed,
-      "splits": {s: {"num_images": len(names), "num_patients": len(source.patients(names))}
+      "splits": {s: {"num_images": len(names), "num_patients": len(patients[s])}
                  for s, names in splits.items()},
-      "label_counts": {s: dict(zip(CLASSES, y.sum(0).astype(int).tolist()))
-                       for s, y in labels.items()},
+      "label_counts": {s: dict(zip(CLASSES, map(int, y.sum(0)))) for s, y in labels.items()},
       "no_finding": {s: int((y.sum(1) == 0).sum()) for s, y in labels.items()},
       "patient_overlap": overlap, "patient_disjoint": not any(overlap.values()),
-      "images": None if labels_only else check_images(
-          source, source.train_val + source.test, src, problems, num_workers),
-      "skipped": problems.summary()}  # after the images, whose problems it counts
+      "images": images, "skipped": problems.summary()}
 
 
 def format_report(stats: dict) -> str:
   """The `check` statistics as a plain-text table."""
-  order = ("train_val", "test", "train", "val")
-  cols = order + ("total",)
-  splits, counts, nf, images = (stats["splits"], stats["label_counts"], stats["no_finding"],
-                                stats["images"])
+  cols = ("train_val", "test", "train", "val", "total")
+  counts, nf, overlap = stats["label_counts"], stats["no_finding"], stats["patient_overlap"]
   return "\n".join([
       f"ChestX-ray14 at {stats['source']} ({stats['csv']}, {stats['csv_rows']:,} valid rows)",
       f"val carved from train_val: {stats['val_fraction']} of patients, seed {stats['seed']}", "",
       f"{'split':<10}{'images':>10}{'patients':>10}{'no finding':>12}",
-      *(f"{s:<10}{splits[s]['num_images']:>10,}{splits[s]['num_patients']:>10,}{nf[s]:>12,}"
-        for s in order), "",
-      "patients shared between splits: " + ", ".join(
-          f"{k} {v}" for k, v in stats["patient_overlap"].items())
+      *(f"{s:<10}{v['num_images']:>10,}{v['num_patients']:>10,}{nf[s]:>12,}"
+        for s, v in stats["splits"].items()), "",
+      "patients shared between splits: " + ", ".join(f"{k} {v}" for k, v in overlap.items())
       + f"  ({'' if stats['patient_disjoint'] else 'NOT '}patient-disjoint)",
       f"rows in neither split list: {stats['unlisted_images']:,}; "
       f"unknown or implausible age (> {MAX_AGE}): {stats['unknown_age']:,}", "",
       f"{'positives':<20}" + "".join(f"{c:>11}" for c in cols),
       *(f"{c:<20}" + "".join(f"{counts[s][c]:>11,}" for s in cols) for c in CLASSES),
       f"{'(No Finding)':<20}" + "".join(f"{nf[s]:>11,}" for s in cols), "",
-      "images: " + ("not checked (--labels_only)" if images is None else
-                    ", ".join(f"{k} {v:,}" for k, v in images.items())),
+      "images: " + ("not checked (--labels_only)" if stats["images"] is None else
+                    ", ".join(f"{k} {v:,}" for k, v in stats["images"].items())),
       "skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(stats["skipped"]["counts"].items()))
                      or "none")])
 
@@ -313,14 +252,14 @@ class ChestXray14(Builder):
   pages={2097--2106}, year={2017}}"""
   DESCRIPTION = "NIH ChestX-ray14: 112,120 frontal chest x-rays of 30,805 patients, 14 findings."
   CLASSES = CLASSES
-  TASK = "multilabel"
-  TEXT_POLICY = TEXT_POLICY
+  TEXT_POLICY = ("One sentence made only from Patient Age, Patient Gender and View Position "
+                 "(e.g. 'A 58-year-old male patient, PA view.'), never from Finding Labels; "
+                 f"an age above {MAX_AGE} or unparseable, an unknown sex or view is left out.")
   EXTRA = {"view": tfds.features.Text(), "sex": tfds.features.Text(),
            "age": tfds.features.Scalar(dtype=np.int32)}
 
   def __init__(self, *, val_fraction: float = 0.1, seed: int = 0, **kwargs):
     self.val_fraction, self.seed = val_fraction, seed
-    self._source: Source | None = None
     super().__init__(**kwargs)
 
   def source_files(self, src: str) -> list[str]:
@@ -328,8 +267,9 @@ class ChestXray14(Builder):
 
   def read(self, src: str) -> dict[str, list[Example]]:
     self._source = source = read_source(src, self.problems)
-    splits, index = source.splits(self.val_fraction, self.seed), index_images(src)
-    out = {s: located(source, splits[s], index, self.problems) for s in ("train", "val", "test")}
+    splits = source.splits(self.val_fraction, self.seed)
+    found = located(source, splits["train"] + splits["val"] + splits["test"], src, self.problems)
+    out = {s: [found[n] for n in splits[s] if n in found] for s in ("train", "val", "test")}
     return {s: examples for s, examples in out.items() if examples}  # TFDS refuses empty ones
 
   def metadata(self) -> dict:
@@ -337,4 +277,4 @@ class ChestXray14(Builder):
                             f"{self.val_fraction} of the train_val patients (seed {self.seed}), "
                             "whole patients (sources.patient_split)",
             "val_fraction": self.val_fraction, "seed": self.seed,
-            "unlisted_rows": self._source.unlisted(), "unknown_age": self._source.unknown_age()}
+            "unlisted_rows": self._source.unlisted, "unknown_age": self._source.unknown_age}

@@ -140,29 +140,15 @@ class MedMNIST(Builder):
   journal={Scientific Data}, volume={10}, number={1}, pages={41}, year={2023}}"""
   DESCRIPTION = "MedMNIST v2 2D sets: small standardised biomedical images."
 
-  def __init__(self, *, accept_mismatch: bool = False, **kwargs):
+  def __init__(self, *, config: str, accept_mismatch: bool = False, **kwargs):
+    meta = info(config)   # before TFDS builds the info from TASK and the classes
+    self.TASK, self.CLASSES = meta["task"], tuple(meta["classes"])
+    self.TEXT_POLICY = f"one modality sentence for every image: {MODALITY_SENTENCE[config]!r}"
     self.accept_mismatch = accept_mismatch
-    self._info_cache = None
-    super().__init__(**kwargs)
+    super().__init__(config=config, **kwargs)
 
-  @property
-  def TASK(self):  # noqa: N802 - the base class's attribute, per config here
-    return self._set_info()["task"]
-
-  @property
-  def TEXT_POLICY(self):  # noqa: N802
-    return f"one modality sentence for every image: {MODALITY_SENTENCE[self.builder_config.name]!r}"
-
-  def _set_info(self) -> dict:
-    if self._info_cache is None:
-      self._info_cache = info(self.builder_config.name)
-    return self._info_cache
-
-  def classes(self) -> tuple[str, ...]:
-    return tuple(self._set_info()["classes"])
-
-  def dataset_name(self) -> str:
-    return self.builder_config.name
+  def metadata(self) -> dict:
+    return {"name": self.builder_config.name}   # runs and reports name the set
 
   def source_files(self, src: str) -> list[str]:
     return [src]

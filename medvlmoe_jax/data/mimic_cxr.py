@@ -24,7 +24,6 @@ import tensorflow_datasets as tfds
 
 from medvlmoe_jax.data import chexpert
 from medvlmoe_jax.data.builder import Builder, Example
-from medvlmoe_jax.data.chexpert import CLASSES
 from medvlmoe_jax.data.sources import Problems, csv_rows
 
 LABELS_CSV = "mimic-cxr-2.0.0-chexpert.csv"
@@ -128,31 +127,15 @@ def clinical_text(report: str, view_position: str = "") -> str:
 
 class Image(NamedTuple):
   where: str            # "split csv, row N"
+  split: str            # train | validate | test (official names)
   dicom_id: str
   subject_id: str
   study_id: str
-  split: str            # train | validate | test (official names)
   view_position: str
+  frontal: bool
   raw: np.ndarray       # (C,) float32 in {1, 0, -1, nan}, the study's labels
-
-  @property
-  def frontal(self) -> bool:
-    return self.view_position.upper() in FRONTAL
-
-  def study_path(self, root: str) -> str:
-    """root/files/pXX/pSUBJECT/sSTUDY: the study's folder of images, or its report + .txt."""
-    return os.path.join(root, "files", "p" + self.subject_id[:2], "p" + self.subject_id,
-                        "s" + self.study_id)
-
-  def image_path(self, src: str) -> str:
-    return os.path.join(self.study_path(src), self.dicom_id + ".jpg")
-
-
-def find_csv(src: str, name: str) -> str:
-  path = chexpert.find_file(src, name)
-  if path is None:
-    raise FileNotFoundError(f"--src {src!r}: neither {name} nor {name}.gz found")
-  return path
+  image: str            # SRC/files/pXX/pSUBJECT/sSTUDY/DICOM.jpg
+  report: str           # REPORTS/files/pXX/pSUBJECT/sSTUDY.txt
 
 
 def reports_root(src: str, reports: str | None = None) -> str:
@@ -167,8 +150,11 @@ def reports_root(src: str, reports: str | None = None) -> str:
   return nested if os.path.isdir(nested) else src
 
 
-def _rows(path: str, required: tuple[str, ...], problems: Problems):
+def _rows(src: str, table: str, required: tuple[str, ...], problems: Problems):
   """A table's well-formed rows as (where, {column: stripped value}); the others reported."""
+  path = chexpert.find_file(src, table)
+  if path is None:
+    raise FileNotFoundError(f"--src {src!r}: neither {table} nor {table}.gz found")
   for where, v in csv_rows(path, required):
     v = {k: x.strip() for k, x in v.items()}
     bad = [f"{k} is {v[k]!r} (expected digits)" for k in ("subject_id", "study_id")
@@ -181,64 +167,58 @@ def _rows(path: str, required: tuple[str, ...], problems: Problems):
       yield where, v
 
 
-def read_images(src: str, problems: Problems) -> list[Image]:
+def read_images(src: str, reports: str, problems: Problems) -> list[Image]:
   """The split CSV's images joined with the metadata (view) and the labels (per study)."""
-  labels, views = {}, {}
-  for where, v in _rows(find_csv(src, LABELS_CSV), ("subject_id", "study_id") + CLASSES,
-                        problems):
+  labels, images, seen = {}, [], set()
+  for where, v in _rows(src, LABELS_CSV, ("subject_id", "study_id") + chexpert.CLASSES, problems):
     if v["study_id"] in labels:
       problems.report("bad_row", where, f"study {v['study_id']} appears twice")
-      continue
-    raw = chexpert.parse_labels(v, where, problems)
-    if raw is not None:
+    elif (raw := chexpert.parse_labels(v, where, problems)) is not None:
       labels[v["study_id"]] = (v["subject_id"], raw)
-  for _, v in _rows(find_csv(src, METADATA_CSV), ("dicom_id", "subject_id", "study_id",
-                                                  "ViewPosition"), problems):
-    views[v["dicom_id"]] = (v["subject_id"], v["study_id"], v["ViewPosition"])
-  images, seen = [], set()
-  for where, v in _rows(find_csv(src, SPLIT_CSV), ("dicom_id", "study_id", "subject_id",
-                                                   "split"), problems):
-    dicom, study, subject = v["dicom_id"], v["study_id"], v["subject_id"]
-    if v["split"] not in SPLITS:
-      problems.report("bad_row", where, f"split is {v['split']!r} (expected one of "
-                      f"{list(SPLITS)})")
-    elif dicom in seen:
-      problems.report("bad_row", where, f"dicom_id {dicom} appears twice")
-    elif dicom not in views:
-      problems.report("unknown_image", where, f"dicom_id {dicom} is not in {METADATA_CSV}")
-    elif views[dicom][:2] != (subject, study):
-      problems.report("bad_row", where, f"dicom_id {dicom} belongs to subject "
-                      f"{views[dicom][0]}, study {views[dicom][1]} in {METADATA_CSV}")
-    elif study not in labels:
-      problems.report("no_labels", where, f"study {study} has no row in {LABELS_CSV}")
-    elif labels[study][0] != subject:
-      problems.report("bad_row", where, f"study {study} belongs to subject "
-                      f"{labels[study][0]} in {LABELS_CSV}")
+  views = {v["dicom_id"]: (v["subject_id"], v["study_id"], v["ViewPosition"]) for _, v in _rows(
+      src, METADATA_CSV, ("dicom_id", "subject_id", "study_id", "ViewPosition"), problems)}
+  for where, v in _rows(src, SPLIT_CSV, ("dicom_id", "study_id", "subject_id", "split"), problems):
+    dicom, study, subject, split = v["dicom_id"], v["study_id"], v["subject_id"], v["split"]
+    meta_subject, meta_study, view = views.get(dicom, (None, None, None))
+    label_subject, raw = labels.get(study, (None, None))
+    for failed, kind, message in (   # the first that fails is the row's problem
+        (split not in SPLITS, "bad_row", f"split is {split!r} (expected one of {list(SPLITS)})"),
+        (dicom in seen, "bad_row", f"dicom_id {dicom} appears twice"),
+        (view is None, "unknown_image", f"dicom_id {dicom} is not in {METADATA_CSV}"),
+        ((meta_subject, meta_study) != (subject, study), "bad_row", f"dicom_id {dicom} belongs "
+         f"to subject {meta_subject}, study {meta_study} in {METADATA_CSV}"),
+        (raw is None, "no_labels", f"study {study} has no row in {LABELS_CSV}"),
+        (label_subject != subject, "bad_row",
+         f"study {study} belongs to subject {label_subject} in {LABELS_CSV}")):
+      if failed:
+        problems.report(kind, where, message)
+        break
     else:
       seen.add(dicom)
-      images.append(Image(where, dicom, subject, study, v["split"], views[dicom][2],
-                          labels[study][1]))
+      folder = os.path.join("files", "p" + subject[:2], "p" + subject, "s" + study)
+      images.append(Image(where, split, dicom, subject, study, view, view.upper() in FRONTAL,
+                          raw, os.path.join(src, folder, dicom + ".jpg"),
+                          os.path.join(reports, folder + ".txt")))
   return images
 
 
-def read_reports(images: list[Image], root: str, problems: Problems) -> dict[str, str | None]:
+def read_reports(images: list[Image], problems: Problems) -> dict[str, str | None]:
   """study_id -> its report, read once per study; None (reported) if missing or empty."""
   reports = {}
   for im in images:
     if im.study_id in reports:
       continue
-    path = im.study_path(root) + ".txt"
     reports[im.study_id] = None
     try:
-      with open(path, encoding="utf-8", errors="replace") as f:
+      with open(im.report, encoding="utf-8", errors="replace") as f:
         text = f.read()
     except FileNotFoundError:
-      problems.report("missing_report", im.where, f"{path}: no such report file")
+      problems.report("missing_report", im.where, f"{im.report}: no such report file")
       continue
-    if not text.strip():
-      problems.report("empty_report", path, "the report is empty")
-      continue
-    reports[im.study_id] = text
+    if text.strip():
+      reports[im.study_id] = text
+    else:
+      problems.report("empty_report", im.report, "the report is empty")
   return reports
 
 
@@ -248,21 +228,20 @@ def check(src: str, labels_only: bool = False, problems: Problems | None = None,
   nothing. Unless labels_only, images are looked up and reports read (`fallback text`
   counts the studies whose report has none of the kept sections)."""
   problems = problems or Problems()
-  images = read_images(src, problems)
-  stats = {"name": MimicCxr.name, "root": src, "sources": {}, "classes": list(CLASSES)}
+  images = read_images(src, reports_root(src, reports), problems)
+  stats = {"name": MimicCxr.name, "root": src, "sources": {}, "classes": list(chexpert.CLASSES)}
   for split in SPLITS:
     rows = [im for im in images if im.split == split]
-    studies = {im.study_id for im in rows}
-    entry = {"rows": len(rows), "frontal": sum(im.frontal for im in rows),
-             "studies": len(studies), "patients": len({im.subject_id for im in rows}),
-             "missing_images": None, "fallback_text": None}
-    if not labels_only:
-      texts = read_reports(rows, reports_root(src, reports), problems)
-      entry["missing_images"] = chexpert.count_missing(
-          ((im.where, im.image_path(src)) for im in rows), problems)
-      entry["fallback_text"] = sum(t is not None and not clinical_sections(t)
-                                   for t in texts.values())
-    stats["sources"][split] = {**entry, "labels": chexpert.label_counts([im.raw for im in rows])}
+    texts = None if labels_only else read_reports(rows, problems).values()
+    stats["sources"][split] = {
+        "rows": len(rows), "frontal": sum(im.frontal for im in rows),
+        "studies": len({im.study_id for im in rows}),
+        "patients": len({im.subject_id for im in rows}),
+        "missing_images": None if labels_only else chexpert.count_missing(
+            ((im.where, im.image) for im in rows), problems),
+        "fallback_text": None if labels_only else sum(
+            t is not None and not clinical_sections(t) for t in texts),
+        "labels": chexpert.label_counts([im.raw for im in rows])}
   stats["skipped"] = problems.summary()
   return stats
 
@@ -300,8 +279,7 @@ class MimicCxr(Builder):
   journal={Scientific Data}, volume={6}, pages={317}, year={2019}}"""
   DESCRIPTION = ("MIMIC-CXR-JPG chest radiographs with the 14 CheXpert labels of their study "
                  "and the clinical context of its report.")
-  CLASSES = CLASSES
-  TASK = "multilabel"
+  CLASSES = chexpert.CLASSES
   TEXT_POLICY = ("report sections INDICATION / HISTORY / COMPARISON only (never FINDINGS or "
                  "IMPRESSION); a view sentence when the report has none of them")
   EXTRA = {"view": tfds.features.Text(), "study": tfds.features.Text()}
@@ -313,23 +291,22 @@ class MimicCxr(Builder):
     super().__init__(**kwargs)
 
   def source_files(self, src: str) -> list[str]:
-    return [find_csv(src, name) for name in (LABELS_CSV, SPLIT_CSV, METADATA_CSV)]
+    # Called after read(), which has found each table.
+    return [chexpert.find_file(src, name) for name in (LABELS_CSV, SPLIT_CSV, METADATA_CSV)]
 
   def metadata(self) -> dict:
     return {**chexpert.policy_metadata(self.policy, self.frontal_only),
             "splits": f"official ({SPLIT_CSV}): train, validate -> val, test"}
 
   def read(self, src: str) -> dict[str, list[Example]]:
-    images = [im for im in read_images(src, self.problems)
+    images = [im for im in read_images(src, reports_root(src, self.reports), self.problems)
               if im.frontal or not self.frontal_only]
-    reports = read_reports(images, reports_root(src, self.reports), self.problems)
+    reports = read_reports(images, self.problems)
     out = {split: [] for split in SPLITS.values()}
-    for im in images:
-      if reports[im.study_id] is None:
-        continue
+    for im in (im for im in images if reports[im.study_id] is not None):
       labels, mask = chexpert.apply_policy(im.raw, self.policy)
       out[SPLITS[im.split]].append(Example(
-          key=im.dicom_id, where=im.where, image=im.image_path(src),
+          key=im.dicom_id, where=im.where, image=im.image,
           text=clinical_text(reports[im.study_id], im.view_position),   # names this image's view
           labels=labels, label_mask=mask, patient_id="p" + im.subject_id,
           extra={"view": im.view_position, "study": im.study_id}))

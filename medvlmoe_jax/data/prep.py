@@ -65,6 +65,9 @@ def main(check: Callable[[Problems], str], build: Callable[[], builder_lib.Build
 
 def run(main_fn) -> None:
   """app.run with dashed flag spellings accepted (--skip-bad for --skip_bad)."""
-  argv = [a if not a.startswith("--") or a == "--" else "--" + a[2:].split("=", 1)[0]
-          .replace("-", "_") + ("=" + a.split("=", 1)[1] if "=" in a else "") for a in sys.argv]
-  app.run(main_fn, argv=argv)
+  def undash(arg: str) -> str:
+    if not arg.startswith("--") or arg == "--":
+      return arg
+    name, sep, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + sep + value
+  app.run(main_fn, argv=[undash(a) for a in sys.argv])

@@ -92,10 +92,8 @@ class Synthetic(Builder):
                num_classes: int = 6, seed: int = 1234, **kwargs):
     self.sizes = {"train": num_train, "val": num_val, "test": num_test}
     self.num_classes, self.seed = num_classes, seed
+    self.CLASSES = tuple(class_names(num_classes))
     super().__init__(**kwargs)
-
-  def classes(self) -> tuple[str, ...]:
-    return tuple(class_names(self.num_classes))
 
   def metadata(self) -> dict:
     return {"sizes": self.sizes, "seed": self.seed}
