@@ -75,7 +75,8 @@ def run(shared_data: str, num_examples: int = 512, batch_size: int = 32,
               "prepare_1_thread_records_per_s": num_examples / prep_s[1], "pipeline": {}}
     for w in workers:
       it = pipeline.train_iterator(split, batch_size, seed=0, worker_count=w, augment_cfg=augment)
-      next(it)                                  # start-up (worker processes) not counted
+      for _ in range(1 + 2 * w):                # start-up: every worker has delivered
+        next(it)
       t0 = time.perf_counter()
       for _ in range(batches):
         batch = next(it)

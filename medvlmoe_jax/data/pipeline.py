@@ -81,7 +81,9 @@ class TfdsSplit:
     return patients if np.all(patients != "") else None
 
   def gather(self, index: np.ndarray) -> dict[str, np.ndarray]:
-    examples = self.source.__getitems__([int(i) for i in index])
+    # One record at a time: the batched __getitems__ reads with a thread pool per call,
+    # which in Grain's worker processes made a batch 10x slower than here.
+    examples = [self.source[int(i)] for i in index]
     ids, mask = self.tokenizer([e["text"].decode() for e in examples], self.max_len)
     return {"image": np.stack([e["image"] for e in examples]),
             "input_ids": ids, "attention_mask": mask,
