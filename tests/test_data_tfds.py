@@ -139,6 +139,9 @@ def test_a_failed_build_leaves_nothing_and_a_rerun_succeeds(tmp_path):
   source = builder.load(out).as_data_source("train")
   assert len(source) == 6 and source[4]["image"].shape == (16, 16, 3)
   assert [source[i]["patient_id"].decode() for i in range(6)] == [f"p{i}" for i in range(6)]
+  split = pipeline.TfdsSplit(builder.load(out), "train", None, 4)   # the grouped bootstrap's
+  assert split.groups.tolist() == [f"p{i}" for i in range(6)]
+  np.testing.assert_array_equal(split.labels, np.eye(2)[np.arange(6) % 2])
   # never overwrite a folder that is not a built dataset
   (tmp_path / "mine").mkdir()
   (tmp_path / "mine" / "notes.txt").write_text("keep")
