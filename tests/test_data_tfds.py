@@ -148,6 +148,9 @@ def test_a_failed_build_leaves_nothing_and_a_rerun_succeeds(tmp_path):
   with pytest.raises(FileExistsError, match="not a built dataset"):
     builder.build(_Files, str(tmp_path / "mine"), paths=paths, image_size=16)
   assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+  with pytest.raises(FileExistsError, match="not a built dataset"):
+    builder.build(_Files, str(tmp_path / "mine" / "notes.txt"), paths=paths, image_size=16)
+  assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_synthetic_builder_matches_the_in_memory_demo(tmp_path):

@@ -155,7 +155,9 @@ def build(cls: type[Builder], out: str, **kwargs) -> Builder:
   """Builds `cls(**kwargs)` in a staging folder next to `out`, then moves the finished dataset
   to `out` (replacing an earlier build there, never anything else). Returns the builder."""
   out = os.path.abspath(out)
-  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, DATASET_INFO)):
+  replaceable = os.path.isdir(out) and (not os.listdir(out) or
+                                        os.path.exists(os.path.join(out, DATASET_INFO)))
+  if os.path.exists(out) and not replaceable:
     raise FileExistsError(f"--out {out}: exists and is not a built dataset; not overwriting it")
   staging = out + ".building"
   shutil.rmtree(staging, ignore_errors=True)    # left by a run that was killed
