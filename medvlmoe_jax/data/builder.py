@@ -68,6 +68,23 @@ def encode_image(image: str | np.ndarray, size: int) -> bytes:
   return to_png(image)
 
 
+def decoded(fn, examples: list[Example], problems: Problems, num_workers: int | None = None):
+  """(example, fn(example) or None) in order, fn run in threads; a missing or unreadable image
+  is reported (an error naming the example's file and row, or a counted skip)."""
+  def attempt(ex: Example):
+    try:
+      return fn(ex), None
+    except FileNotFoundError as e:
+      return None, ("missing_image", str(e))
+    except ValueError as e:
+      return None, ("unreadable_image", str(e))
+
+  for ex, (result, error) in zip(examples, ordered_map(attempt, examples, num_workers)):
+    if error:
+      problems.report(error[0], ex.where, error[1])
+    yield ex, result
+
+
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The features and the writing every dataset shares; see the module docstring."""
 
@@ -126,18 +143,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {name: self._generate_examples(name, examples) for name, examples in splits.items()}
 
   def _generate_examples(self, split: str, examples: list[Example]):
-    def encode(ex: Example):
-      try:
-        return ex, encode_image(ex.image, self.image_size), None
-      except FileNotFoundError as e:
-        return ex, None, ("missing_image", str(e))
-      except ValueError as e:
-        return ex, None, ("unreadable_image", str(e))
-
     patients = set()
-    for ex, png, error in ordered_map(encode, examples, self.num_workers):
-      if error:
-        self.problems.report(error[0], ex.where, error[1])
+    encode = lambda ex: encode_image(ex.image, self.image_size)   # noqa: E731
+    for ex, png in decoded(encode, examples, self.problems, self.num_workers):
+      if png is None:
         continue
       patients.add(ex.patient_id)
       yield ex.key, {"image": png, "text": ex.text, "labels": np.asarray(ex.labels, np.float32),

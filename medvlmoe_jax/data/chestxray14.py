@@ -18,9 +18,9 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medvlmoe_jax.data.builder import Builder, Example
+from medvlmoe_jax.data.builder import Builder, Example, decoded
 from medvlmoe_jax.data.preprocess import load_image
-from medvlmoe_jax.data.sources import Problems, csv_rows, ordered_map, patient_split, sentence
+from medvlmoe_jax.data.sources import Problems, csv_rows, patient_split, sentence
 
 CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
            "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis",
@@ -179,18 +179,10 @@ def check(src: str, labels_only: bool = False, problems: Problems | None = None,
   overlap = {f"{a}/{b}": len(patients[a] & patients[b]) for a, b in _OVERLAP_PAIRS}
   images = None
   if not labels_only:
-    def decode_error(ex: Example) -> str | None:
-      try:
-        load_image(ex.image)
-      except (FileNotFoundError, ValueError) as e:
-        return str(e)
     listed = source.train_val + source.test
     found = list(located(source, listed, src, problems).values())
-    unreadable = 0
-    for ex, error in zip(found, ordered_map(decode_error, found, num_workers)):
-      if error:
-        problems.report("unreadable_image", ex.where, f"image {error}")
-        unreadable += 1
+    unreadable = sum(image is None for _, image in
+                     decoded(lambda ex: load_image(ex.image), found, problems, num_workers))
     images = {"listed": len(listed), "found": len(found), "missing": len(listed) - len(found),
               "unreadable": unreadable, "readable": len(found) - unreadable}
   return {

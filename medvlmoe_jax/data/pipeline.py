@@ -17,6 +17,7 @@ from typing import Iterator
 import grain
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
 from medvlmoe_jax.data import builder, synthetic
 from medvlmoe_jax.data.preprocess import CLIP_MEAN, CLIP_STD
@@ -59,7 +60,6 @@ class TfdsSplit:
     """Labels and patients of the whole split, for the metrics: images are skipped, not
     decoded."""
     if self._meta is None:
-      import tensorflow_datasets as tfds
       raw = self.dataset.as_data_source(self.split, decoders={"image": tfds.decode.SkipDecoding()})
       examples = raw.__getitems__(range(len(raw)))
       self._meta = (np.stack([e["labels"] for e in examples]).astype(np.float32),
