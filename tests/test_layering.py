@@ -4,6 +4,7 @@ module level or inside a function, must point to the same layer or below."""
 
 import ast
 import os
+import tokenize
 
 from conftest import ROOT
 
@@ -63,3 +64,23 @@ def test_no_import_runs_back_up():
                         f"(layer {LAYERS[target]})")
   assert seen == set(LAYERS)
   assert not upward, "imports running up or sideways:\n  " + "\n  ".join(upward)
+
+
+def test_code_indents_by_two_spaces():
+  """One indentation across the code (eval/metrics.py once used four)."""
+  wrong = []
+  for top in ("medvlmoe_jax", "launch", "data_prep", "configs"):
+    for folder, _, files in os.walk(os.path.join(ROOT, top)):
+      for name in (n for n in files if n.endswith(".py")):
+        path = os.path.join(folder, name)
+        with open(path) as f:
+          depth = [0]
+          for tok in tokenize.generate_tokens(f.readline):
+            if tok.type == tokenize.INDENT:
+              depth.append(len(tok.string))
+              if depth[-1] - depth[-2] != 2:
+                wrong.append(f"{os.path.relpath(path, ROOT)}:{tok.start[0]}")
+                break
+            elif tok.type == tokenize.DEDENT:
+              depth.pop()
+  assert not wrong, "indented by other than two spaces: " + ", ".join(wrong)
