@@ -8,6 +8,7 @@ and the reports' files/pXX/pSUBJECT/sSTUDY.txt.
 import csv
 import gzip
 import io
+import itertools
 import os
 import re
 import subprocess
@@ -200,10 +201,20 @@ def test_section_extraction():
       "Indication: shortness of breath after a fall down stairs"
   assert mimic_cxr.clinical_text(REPORTS["57375967"], "AP") == "A chest radiograph, AP view."
   assert mimic_cxr.clinical_text("FINDINGS: no effusion.", "") == "A chest radiograph."
-  # Headings run together on one line; a FINDINGS heading in any case ends the section.
-  one_line = ("FINAL REPORT EXAMINATION: CHEST INDICATION: ___M with sob. findings: large "
-              "effusion. IMPRESSION: effusion")
+  # A FINDINGS heading run into the line, in any case and with or without a colon, ends it.
+  one_line = "INDICATION: ___M with sob. findings: large effusion. IMPRESSION: effusion"
   assert mimic_cxr.clinical_text(one_line) == "Indication: ___M with sob."
+  assert mimic_cxr.clinical_text("Indication: sob. Findings effusion") == "Indication: sob."
+  # A heading opens a section only at the start of a line.
+  assert mimic_cxr.clinical_text("FINAL REPORT EXAMINATION: CHEST INDICATION: ___M with sob."
+                                 "\nFINDINGS: large effusion.") == "A chest radiograph."
+  # Only the heading's own line: the next one may be findings without a heading.
+  assert mimic_cxr.clinical_text("INDICATION: cough.\nThe lungs are clear.\n") == \
+      "Indication: cough."
+  assert mimic_cxr.clinical_text("INDICATION: ___M with sob\n  and fever.\nFINDINGS\nClear.") == \
+      "Indication: ___M with sob"
+  assert mimic_cxr.clinical_text("INDICATION:\n  cough.\nFINDINGS\nClear.", "AP") == \
+      "A chest radiograph, AP view."
   # "comparison:" inside prose is not a heading, so FINDINGS text cannot come back through it.
   prose = "INDICATION: cough\nFINDINGS: In comparison: new effusion.\n"
   assert mimic_cxr.clinical_text(prose) == "Indication: cough"
@@ -212,6 +223,59 @@ def test_section_extraction():
   assert mimic_cxr.clinical_text("HISTORY: fever\nPORTABLE CHEST: effusion\n") == "History: fever"
   assert mimic_cxr.view_sentence("AP AXIAL") == "A chest radiograph, AP axial view."
   assert mimic_cxr.view_sentence("") == "A chest radiograph."
+
+
+# Report layouts: where and how the image-reading sections may be headed. The markers qq*
+# appear nowhere else; LEAKS must never reach the text, qqind must whenever its heading opens
+# a line.
+EXCLUDED_HEADINGS = ("FINDINGS", "IMPRESSION", "CONCLUSION", "WET READ", "RECOMMENDATION(S)",
+                     "NOTIFICATION", "OPINION", "INTERPRETATION")
+HEADING_STYLES = ("{}:", "{} :", "{} -", "{}.", "{}", None)   # None: findings without heading
+CASES = (str.upper, str.title, str.lower)                     # of every heading
+BREAKS = (" ", "\n", "\n\n")        # between a heading and its text
+PLACES = (0, 1, 2)                  # of the findings among [indication, comparison]
+JOINS = ("\n", "\n\n", " ")         # between sections; " " runs a section into the line before
+LINES = (("\n", ""), ("\r\n", ""), ("\n", " \t"))   # line ending, indent
+PREAMBLES = ("", "FINAL REPORT", "EXAMINATION:  CHEST (PA AND LAT) qqexam",
+             "WET READ: ___ ___ 3:17 PM  small left effusion qqwet")
+INDICATION_HEADINGS = ("INDICATION", "REASON FOR EXAM", "HISTORY")
+LEAKS = ("qqfa", "qqfb", "qqexam", "qqwet")
+
+
+def _layouts():
+  """Yields (report, whether the indication opens a line), each distinct report once."""
+  seen = set()
+  for i, (name, style, case, brk, place, join, (nl, indent), pre) in enumerate(
+      itertools.product(EXCLUDED_HEADINGS, HEADING_STYLES, CASES, BREAKS, PLACES, JOINS, LINES,
+                        PREAMBLES)):
+    if style is None and join == " " and place:
+      continue      # findings without a heading on the indication's line: nothing can tell
+    body = f"Small left effusion qqfa.{nl}{indent}Heart size is normal qqfb."
+    findings = body if style is None else \
+        style.format(case(name)) + brk.replace("\n", nl + indent) + body
+    blocks = [case(INDICATION_HEADINGS[i % 3]) + ": ___F with cough qqind.",
+              case("COMPARISON") + ": ___ qqcmp."]
+    blocks.insert(place, findings)
+    report = indent + (pre + nl + indent if pre else "") + \
+        join.replace("\n", nl + indent).join(blocks) + nl
+    if report not in seen:
+      seen.add(report)
+      yield report, join != " " or place != 0
+
+
+def test_no_report_layout_leaks_findings_into_the_text():
+  leaks, lost, n = [], [], 0
+  for report, indication_opens_line in _layouts():
+    n += 1
+    text = mimic_cxr.clinical_text(report, "PA")
+    if any(m in text for m in LEAKS):
+      leaks.append((report, text))
+    if indication_opens_line and "qqind" not in text:
+      lost.append((report, text))
+  print(f"{n} layouts, {len(leaks)} leaks")
+  assert not leaks, f"{len(leaks)} of {n} layouts leak, e.g. {leaks[0]}"
+  assert not lost, f"{len(lost)} of {n} layouts lose the indication, e.g. {lost[0]}"
+  assert n >= 30000
 
 
 # --------------------------------------------------------------------------- build / check
@@ -284,13 +348,22 @@ def test_check_counts_and_default_reports_folder(tmp_path):
   assert stats["sources"]["train"]["labels"]["Atelectasis"] == \
       {"1": 0, "0": 0, "-1": 3, "blank": 0}
   assert stats["sources"]["train"]["missing_images"] is None
+  # As a build writes them: frontal views, Atelectasis -1 masked (u_ignore) or positive.
+  assert stats["sources"]["train"]["written"] == 2
+  assert stats["sources"]["train"]["written_labels"]["Atelectasis"] == \
+      {"pos": 0, "neg": 0, "masked": 2}
+  every = mimic_cxr.check(src, labels_only=True, policy="u_ones", frontal_only=False)
+  assert every["sources"]["train"]["written"] == 3
+  assert every["sources"]["train"]["written_labels"]["Atelectasis"] == \
+      {"pos": 3, "neg": 0, "masked": 0}
   full = mimic_cxr.check(src)
   assert full["sources"]["validate"]["missing_images"] == 0
   assert full["sources"]["validate"]["fallback_text"] == 1
   assert full["sources"]["train"]["fallback_text"] == 0
   table = chexpert.format_check(full)
   assert re.search(r"rows +3 +1 +1\n +frontal +2 +1 +1\n +studies +2 +1 +1", table)
-  assert re.search(r"fallback text +0 +1 +0", table)
+  assert re.search(r"fallback text +0 +1 +0\n +written +2 +1 +1\n", table)
+  assert re.search(r"Atelectasis +u_ignore +0 +0 +3 +0 +0 +0 +2 +", table)
   # The reports under SRC/mimic-cxr-reports are found without --reports.
   out = str(tmp_path / "out")
   _build(src, out)

@@ -7,7 +7,8 @@ Decisions:
 - Frontal views only by default (ViewPosition PA or AP), as for CheXpert.
 - Text: only what a clinician has before reading the image, the INDICATION / HISTORY /
   COMPARISON sections of the report, never FINDINGS or IMPRESSION, from which the labels
-  were extracted. A report with none of them gets a sentence naming the view.
+  were extracted: only text proven to belong to such a section passes (its heading's own
+  line, see `clinical_sections`). A report with none of them gets a sentence naming the view.
 - A study without labels, an image missing from the metadata, ids that disagree between
   the tables, a missing or empty report and a missing or unreadable image are bad input:
   an error naming the file (and row), or counted and skipped with skip_bad.
@@ -40,69 +41,36 @@ _INCLUDED = {
     "clinical indication": "Indication", "reason for exam": "Indication",
     "reason for examination": "Indication", "history": "History",
     "clinical history": "History", "comparison": "Comparison", "comparisons": "Comparison"}
-# Sections that read the image: they end whatever section precedes them wherever they
-# appear and in any case, so a heading run into a line cannot let their text through.
-_EXCLUDED = ("findings", "finding", "impressions", "impression", "conclusions", "conclusion",
-             "wet read", "recommendations", "recommendation(s)", "recommendation",
+# Words of the sections that read the image (findings, impressions, wet read, ...): kept text
+# ends at the first word starting with one, in any case, heading or prose alike.
+_EXCLUDED = ("finding", "impression", "conclusion", "wet read", "recommendation",
              "notification", "opinion", "interpretation")
-# Other headings seen in these reports; they end the previous section and are dropped.
-_NEUTRAL = ("examination", "exam", "technique", "procedure", "type of examination",
-            "reference exam")
 
-_KNOWN = re.compile(
-    r"\b(" + "|".join(re.escape(h).replace(r"\ ", r"\s+")
-                      for h in sorted([*_INCLUDED, *_EXCLUDED, *_NEUTRAL], key=len,
-                                      reverse=True)) + r")\s*:", re.IGNORECASE)
-# Any capitalised heading opening a line ("WET READ:", "PORTABLE CHEST:").
-_LINE_HEADING = re.compile(r"^[ \t]*([A-Z][A-Z0-9 ()/&'-]{0,40}?)[ \t]*:", re.MULTILINE)
-_PARAGRAPH_END = re.compile(r"\n[ \t]*\n")
-
-
-def _norm(name: str) -> str:
-  return " ".join(name.split()).lower()
-
-
-def _headings(report: str) -> list[tuple[int, int, str | None]]:
-  """(start, end, included section name or None) of every heading, in order."""
-  found = []
-  for m in _KNOWN.finditer(report):
-    name = _norm(m.group(1))
-    at_line_start = not report[report.rfind("\n", 0, m.start()) + 1:m.start()].strip()
-    if name in _INCLUDED:
-      if at_line_start or m.group(1).isupper():   # "... in comparison: ..." is prose
-        found.append((m.start(), m.end(), _INCLUDED[name]))
-    elif name in _EXCLUDED or at_line_start or m.group(1).isupper():
-      found.append((m.start(), m.end(), None))
-  for m in _LINE_HEADING.finditer(report):
-    found.append((m.start(1), m.end(), _INCLUDED.get(_norm(m.group(1)))))
-  found.sort(key=lambda h: (h[0], -h[1]))
-  kept, end = [], -1
-  for h in found:
-    if h[0] >= end:
-      kept.append(h)
-      end = h[1]
-  return kept
+# An included heading opening a line, in any case; group 2 is the rest of the line.
+_OPENING = re.compile(r"[ \t]*(" + "|".join(re.escape(h).replace(r"\ ", r"[ \t]+") for h in
+                                           sorted(_INCLUDED, key=len, reverse=True))
+                      + r")[ \t]*:(.*)", re.IGNORECASE)
+# Where kept text ends: an excluded word, or a capitalised heading ("TECHNIQUE:", "PA AND
+# LATERAL:") run into the line.
+_CUT = re.compile(r"(?i:\b(?:" + "|".join(w.replace(" ", r"[\s-]*") for w in _EXCLUDED)
+                  + r"))|\b[A-Z][A-Z0-9 ()/&'-]*[A-Z0-9)][ \t]*:")
 
 
 def clinical_sections(report: str) -> list[tuple[str, str]]:
   """[(section, text)] for the INDICATION / HISTORY / COMPARISON sections of a report.
 
-  A section runs to the next heading of any kind and at most to the end of its first
-  paragraph: findings written without a heading after COMPARISON are not picked up.
+  Safe by construction, since the labels come from the other sections: a section opens only
+  at a heading that starts a line (its name in any case, then a colon) and keeps only the rest
+  of that line, up to the first excluded word or capitalised heading. A following line cannot
+  be proven to belong to it (headerless findings, a heading without a colon look the same),
+  so a wrapped indication loses its tail, by design.
   """
-  report = report.replace("\r\n", "\n").replace("\r", "\n")
-  heads = _headings(report)
   sections = []
-  for i, (_, end, name) in enumerate(heads):
-    if name is None:
-      continue
-    stop = heads[i + 1][0] if i + 1 < len(heads) else len(report)
-    body = report[end:stop]
-    body = body[len(body) - len(body.lstrip()):]
-    body = _PARAGRAPH_END.split(body, maxsplit=1)[0]
-    body = " ".join(body.split())
-    if body:
-      sections.append((name, body))
+  for line in report.splitlines():
+    if m := _OPENING.match(line):
+      body = " ".join(_CUT.split(m.group(2), maxsplit=1)[0].split())
+      if body:
+        sections.append((_INCLUDED[" ".join(m.group(1).split()).lower()], body))
   return sections
 
 
@@ -223,25 +191,32 @@ def read_reports(images: list[Image], problems: Problems) -> dict[str, str | Non
 
 
 def check(src: str, labels_only: bool = False, problems: Problems | None = None,
-          reports: str | None = None) -> dict:
-  """Validates the source and returns statistics per official split, per image; writes
-  nothing. Unless labels_only, images are looked up and reports read (`fallback text`
-  counts the studies whose report has none of the kept sections)."""
-  problems = problems or Problems()
+          reports: str | None = None, policy: str | dict | None = None,
+          frontal_only: bool = True) -> dict:
+  """Validates the source and returns statistics per official split, per image, raw and as a
+  build with `policy` and `frontal_only` writes them (as chexpert.check); writes nothing.
+  Unless labels_only, images are looked up and reports read (`fallback text` counts the
+  studies whose report has none of the kept sections)."""
+  problems, policy = problems or Problems(), chexpert.parse_policy(policy)
   images = read_images(src, reports_root(src, reports), problems)
-  stats = {"name": MimicCxr.name, "root": src, "sources": {}, "classes": list(chexpert.CLASSES)}
+  stats = {"name": MimicCxr.name, "root": src, "sources": {}, "classes": list(chexpert.CLASSES),
+           **chexpert.policy_metadata(policy, frontal_only)}
   for split in SPLITS:
     rows = [im for im in images if im.split == split]
-    texts = None if labels_only else read_reports(rows, problems).values()
+    texts = {} if labels_only else read_reports(rows, problems)
+    missing = set() if labels_only else chexpert.missing_images(
+        ((im.where, im.image) for im in rows), problems)
+    written = [im for im in rows if (im.frontal or not frontal_only) and im.image not in missing
+               and (labels_only or texts[im.study_id] is not None)]
     stats["sources"][split] = {
         "rows": len(rows), "frontal": sum(im.frontal for im in rows),
         "studies": len({im.study_id for im in rows}),
         "patients": len({im.subject_id for im in rows}),
-        "missing_images": None if labels_only else chexpert.count_missing(
-            ((im.where, im.image) for im in rows), problems),
+        "missing_images": None if labels_only else len(missing),
         "fallback_text": None if labels_only else sum(
-            t is not None and not clinical_sections(t) for t in texts),
-        "labels": chexpert.label_counts([im.raw for im in rows])}
+            t is not None and not clinical_sections(t) for t in texts.values()),
+        "written": len(written), "labels": chexpert.label_counts([im.raw for im in rows]),
+        "written_labels": chexpert.written_counts([im.raw for im in written], policy)}
   stats["skipped"] = problems.summary()
   return stats
 
@@ -250,9 +225,12 @@ class MimicCxr(Builder):
   """MIMIC-CXR-JPG 2.0.0: official train / val / test, report context as the text."""
 
   name = "mimic_cxr"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {"1.0.0": "TFDS array_record build; official splits, INDICATION / HISTORY "
-                            "/ COMPARISON report sections as the text."}
+                            "/ COMPARISON report sections as the text.",
+                   "1.1.0": "The text is a section heading's own line only, cut at any "
+                            "findings / impression word: 1.0.0 let findings through after "
+                            "a heading without a colon or on the line below an indication."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Both need a credentialed PhysioNet account and the signed data use agreement.
   1. MIMIC-CXR-JPG 2.0.0, https://physionet.org/content/mimic-cxr-jpg/2.0.0/, e.g. with
@@ -280,7 +258,8 @@ class MimicCxr(Builder):
   DESCRIPTION = ("MIMIC-CXR-JPG chest radiographs with the 14 CheXpert labels of their study "
                  "and the clinical context of its report.")
   CLASSES = chexpert.CLASSES
-  TEXT_POLICY = ("report sections INDICATION / HISTORY / COMPARISON only (never FINDINGS or "
+  TEXT_POLICY = ("report sections INDICATION / HISTORY / COMPARISON only, the rest of their "
+                 "heading's line up to any findings / impression word (never FINDINGS or "
                  "IMPRESSION); a view sentence when the report has none of them")
   EXTRA = {"view": tfds.features.Text(), "study": tfds.features.Text()}
 
