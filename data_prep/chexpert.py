@@ -2,7 +2,7 @@ r"""CheXpert v1.0(-small) -> a TFDS dataset (see medvlmoe_jax/data/chexpert.py).
 
   python data_prep/chexpert.py --src data/raw --out data/chexpert \
       [--policy "Atelectasis=u_ones,Edema=u_ones,default=u_ignore"]
-  python data_prep/chexpert.py --src data/raw --check [--labels_only]
+  python data_prep/chexpert.py --src data/raw --check [--labels_only] [--policy ...]
 
 --src is the folder holding train.csv / valid.csv, or its parent holding
 CheXpert-v1.0-small/ or CheXpert-v1.0/. The official valid.csv becomes the test split (the
@@ -28,7 +28,8 @@ def main(argv):
   del argv
   prep.main(
       check=lambda problems: chexpert.format_check(
-          chexpert.check(FLAGS.src, FLAGS.labels_only, problems)),
+          chexpert.check(FLAGS.src, FLAGS.labels_only, problems, policy=FLAGS.policy,
+                         frontal_only=FLAGS.frontal_only)),
       build=lambda: builder.build(
           chexpert.CheXpert, FLAGS.out, src=FLAGS.src, image_size=FLAGS.image_size,
           skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers, policy=FLAGS.policy,

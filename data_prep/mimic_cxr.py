@@ -2,7 +2,7 @@ r"""MIMIC-CXR-JPG 2.0.0 + reports -> a TFDS dataset (see medvlmoe_jax/data/mimic
 
   python data_prep/mimic_cxr.py --src physionet.org/files/mimic-cxr-jpg/2.0.0 \
       --reports mimic-cxr-reports --out data/mimic_cxr [--policy u_ones]
-  python data_prep/mimic_cxr.py --src ... --check [--labels_only]
+  python data_prep/mimic_cxr.py --src ... --check [--labels_only] [--policy ...]
 
 Splits are the official ones (train, validate -> val, test). The text stream gets the
 report's INDICATION / HISTORY / COMPARISON sections only.
@@ -27,7 +27,8 @@ def main(argv):
   del argv
   prep.main(
       check=lambda problems: chexpert.format_check(
-          mimic_cxr.check(FLAGS.src, FLAGS.labels_only, problems, reports=FLAGS.reports)),
+          mimic_cxr.check(FLAGS.src, FLAGS.labels_only, problems, reports=FLAGS.reports,
+                          policy=FLAGS.policy, frontal_only=FLAGS.frontal_only)),
       build=lambda: builder.build(
           mimic_cxr.MimicCxr, FLAGS.out, src=FLAGS.src, image_size=FLAGS.image_size,
           skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers, policy=FLAGS.policy,

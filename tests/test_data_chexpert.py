@@ -74,7 +74,10 @@ def test_check_on_the_real_validation_csv(valid_csv):
   assert stats["not_found"] == ["train.csv"]
   table = chexpert.format_check(stats)
   assert re.search(r"rows +234\n +frontal +202\n +lateral +32\n +patients +200", table)
-  assert re.search(r"Fracture +0 +234 +0 +0", table) and "not found: train.csv" in table
+  assert valid["written"] == 202 and re.search(r"written +202\n", table)
+  # Raw 1 / 0 / -1 / blank, then as written (frontal, u_ignore): pos / neg / masked.
+  assert re.search(r"Fracture +u_ignore +0 +234 +0 +0 +0 +202 +0\n", table)
+  assert "not found: train.csv" in table
 
 
 def test_src_may_be_the_release_folder_or_its_parent_and_csvs_gzipped(valid_csv, tmp_path):
@@ -123,6 +126,54 @@ def test_sentence_never_names_a_label(valid_csv):
   assert r.text == "An 85-year-old female patient, frontal view."
   assert r._replace(sex="Unknown", age=None, projection="pa").text == \
       "A patient, frontal PA view."
+
+
+# What --check says a build writes: the view filter and the policy applied (issue 15).
+CHECK_ROWS = [  # patient, view, Edema, Atelectasis
+    (1, "Frontal", "-1.0", "1.0"), (1, "Lateral", "-1.0", "1.0"), (2, "Frontal", "1.0", ""),
+    (3, "Frontal", "", "-1.0"), (4, "Lateral", "0.0", "-1.0")]
+
+
+def _check_csv(tmp_path):
+  rows = [[f"CheXpert-v1.0-small/valid/patient{p}/study1/view1_{view.lower()}.jpg", "Male", "60",
+           view, "AP" if view == "Frontal" else ""] + _labels(Edema=e, Atelectasis=a)
+          for p, view, e, a in CHECK_ROWS]
+  _write_csv(tmp_path / "valid.csv", rows)
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize("policy, frontal_only, written, edema, atelectasis", [
+    # Edema raw: p1 -1 (twice), p2 1, p3 blank, p4 0; Atelectasis: p1 1 (twice), p2 blank,
+    # p3 -1, p4 -1. As written: (pos, neg, masked).
+    ("u_ignore", True, 3, (1, 1, 1), (1, 1, 1)),
+    ("u_ones", True, 3, (2, 1, 0), (2, 1, 0)),
+    ("u_zeros", True, 3, (1, 2, 0), (1, 2, 0)),
+    ("u_ignore", False, 5, (1, 2, 2), (2, 1, 2)),
+    ("u_ones", False, 5, (3, 2, 0), (4, 1, 0)),
+    ("Edema=u_ones", True, 3, (2, 1, 0), (1, 1, 1)),
+])
+def test_check_counts_what_the_build_writes(tmp_path, policy, frontal_only, written, edema,
+                                            atelectasis):
+  stats = chexpert.check(_check_csv(tmp_path), labels_only=True, policy=policy,
+                         frontal_only=frontal_only)
+  valid = stats["sources"]["valid"]
+  assert (valid["rows"], valid["frontal"], valid["written"]) == (5, 3, written)
+  assert valid["labels"]["Edema"] == {"1": 1, "0": 1, "-1": 2, "blank": 1}   # raw, unchanged
+  assert valid["labels"]["Atelectasis"] == {"1": 2, "0": 0, "-1": 2, "blank": 1}
+  as_written = {c: tuple(valid["written_labels"][c].values()) for c in ("Edema", "Atelectasis")}
+  assert as_written == {"Edema": edema, "Atelectasis": atelectasis}
+  assert all(sum(v.values()) == written for v in valid["written_labels"].values())
+  assert stats["views"] == ("frontal" if frontal_only else "all")
+
+
+def test_script_check_follows_policy_and_frontal_only(tmp_path):
+  src = _check_csv(tmp_path)
+  run = _script("--src", src, "--check", "--labels_only", "--policy", "Edema=u_ones",
+                "--nofrontal_only")
+  assert run.returncode == 0, run.stderr
+  assert "written: all views" in run.stdout and re.search(r"written +5\n", run.stdout)
+  assert re.search(r"Edema +u_ones +1 +1 +2 +1 +3 +2 +0\n", run.stdout), run.stdout
+  assert re.search(r"Atelectasis +u_ignore +2 +0 +2 +1 +2 +1 +2\n", run.stdout), run.stdout
 
 
 # --------------------------------------------------------------------------- labels
@@ -333,7 +384,8 @@ def test_build_stops_on_missing_or_truncated_images(tmp_path):
     chexpert.check(src)
 
   problems = Problems(skip_bad=True)
-  assert chexpert.check(src, problems=problems)["sources"]["train"]["missing_images"] == 1
+  train = chexpert.check(src, problems=problems)["sources"]["train"]
+  assert (train["missing_images"], train["written"]) == (1, 5)    # as the build below
   builder.build(chexpert.CheXpert, out, src=src, image_size=16, val_fraction=0.0,
                 skip_bad=True)
   meta = builder.load(out).info.metadata

@@ -35,6 +35,7 @@ POLICIES = ("u_ones", "u_zeros", "u_ignore")
 DEFAULT_POLICY = "u_ignore"
 BLANK_LABEL = 0.0
 COUNT_KEYS = ("1", "0", "-1", "blank")
+WRITTEN_KEYS = ("pos", "neg", "masked")     # labels as written: 1, 0, label_mask False
 PROJECTIONS = ("AP", "PA", "LL", "RL")       # the only codes a sentence may carry
 _PATH_TAIL = re.compile(r"([^/]+/(patient\d+)/(study\d+)/[^/]+)$")
 
@@ -101,12 +102,23 @@ def label_counts(raws: list[np.ndarray]) -> dict[str, dict[str, int]]:
   return {c: {k: int(h[:, i].sum()) for k, h in hits.items()} for i, c in enumerate(CLASSES)}
 
 
-def count_missing(images: Iterable[tuple[str, str]], problems: Problems) -> int:
-  """Looks (where, image path) up without decoding (the build decodes); reports the missing."""
-  missing = [(where, path) for where, path in images if not os.path.exists(path)]
-  for where, path in missing:
-    problems.report("missing_image", where, f"{path}: no such image file")
-  return len(missing)
+def written_counts(raws: list[np.ndarray], policy: dict[str, str]) -> dict[str, dict[str, int]]:
+  """Per class, the labels a build writes from these raw rows under `policy`: positives,
+  negatives and masked (left out of the loss), so that --check shows what training sees."""
+  labels, mask = apply_policy(np.reshape(raws, (-1, len(CLASSES))), policy)
+  hits = dict(zip(WRITTEN_KEYS, (mask & (labels == 1), mask & (labels == 0), ~mask)))
+  return {c: {k: int(h[:, i].sum()) for k, h in hits.items()} for i, c in enumerate(CLASSES)}
+
+
+def missing_images(images: Iterable[tuple[str, str]], problems: Problems) -> set[str]:
+  """Looks (where, image path) up without decoding (the build decodes); reports the missing
+  and returns their paths."""
+  missing = set()
+  for where, path in images:
+    if not os.path.exists(path):
+      problems.report("missing_image", where, f"{path}: no such image file")
+      missing.add(path)
+  return missing
 
 
 class Row(NamedTuple):
@@ -119,6 +131,10 @@ class Row(NamedTuple):
   view: str             # Frontal | Lateral
   projection: str
   raw: np.ndarray       # (C,) float32 in {1, 0, -1, nan}
+
+  @property
+  def frontal(self) -> bool:
+    return self.view.lower() == "frontal"
 
   @property
   def text(self) -> str:
@@ -172,35 +188,53 @@ def read_csv(path: str, problems: Problems) -> list[Row]:
   return list(rows.values())
 
 
-def check(src: str, labels_only: bool = False, problems: Problems | None = None) -> dict:
-  """Statistics per CSV ("sources"); writes nothing; images are looked up unless labels_only."""
-  problems = problems or Problems()
+def check(src: str, labels_only: bool = False, problems: Problems | None = None,
+          policy: str | dict | None = None, frontal_only: bool = True) -> dict:
+  """Statistics per CSV ("sources"), raw and as a build with `policy` and `frontal_only`
+  writes them ("written", "written_labels"; rows with a missing image left out unless
+  labels_only, unreadable ones are found by the build only); writes nothing."""
+  problems, policy = problems or Problems(), parse_policy(policy)
   root = find_root(src)
   paths, sources = _csv_paths(root), {}
   for name, path in paths.items():
     rows = read_csv(path, problems)
-    frontal = sum(r.view.lower() == "frontal" for r in rows)
+    missing = set() if labels_only else missing_images(
+        ((r.where, os.path.join(root, r.rel_path)) for r in rows), problems)
+    written = [r for r in rows if (r.frontal or not frontal_only)
+               and os.path.join(root, r.rel_path) not in missing]
+    frontal = sum(r.frontal for r in rows)
     sources[name] = {"rows": len(rows), "frontal": frontal, "lateral": len(rows) - frontal,
                      "patients": len({r.patient_id for r in rows}),
-                     "missing_images": None if labels_only else count_missing(
-                         ((r.where, os.path.join(root, r.rel_path)) for r in rows), problems),
-                     "labels": label_counts([r.raw for r in rows])}
+                     "missing_images": None if labels_only else len(missing),
+                     "written": len(written), "labels": label_counts([r.raw for r in rows]),
+                     "written_labels": written_counts([r.raw for r in written], policy)}
   return {"name": CheXpert.name, "root": root, "sources": sources, "classes": list(CLASSES),
+          **policy_metadata(policy, frontal_only),
           "not_found": [f for name, f in SPLIT_FILES.items() if name not in paths],
           "skipped": problems.summary()}
 
 
 def format_check(stats: dict) -> str:
-  """`check`'s statistics (CheXpert's or MIMIC-CXR's) as a table, a column per source."""
+  """`check`'s statistics (CheXpert's or MIMIC-CXR's) as tables, a column per source: the
+  raw label counts beside the labels written under the policy shown per class."""
   sources, names = stats["sources"], list(stats["sources"])
-  lines = [f"{stats['name']}: {stats['root']}", " " * 24 + "".join(f"{n:>12}" for n in names)]
-  for key in [k for k in sources[names[0]] if k != "labels"]:
+  policy, counts = stats["uncertainty_policy"], ("labels", "written_labels")
+  lines = [f"{stats['name']}: {stats['root']}",
+           f"  written: {stats['views']} views; -1 per the policy column, blank -> "
+           f"{'negative' if stats['blank_label'] == 0 else stats['blank_label']}",
+           " " * 24 + "".join(f"{n:>12}" for n in names)]
+  for key in [k for k in sources[names[0]] if k not in counts]:
     values = ["-" if sources[n].get(key) is None else sources[n][key] for n in names]
     lines.append(f"  {key.replace('_', ' '):<22}" + "".join(f"{v:>12}" for v in values))
-  lines += ["", " " * 30 + "".join(f"{n:>{7 * len(COUNT_KEYS)}}" for n in names),
-            f"  {'label':<28}" + "".join(f"{k:>7}" for k in COUNT_KEYS) * len(names)]
-  lines += [f"  {c:<28}" + "".join(f"{sources[n]['labels'][c][k]:>7}" for n in names
-                                   for k in COUNT_KEYS) for c in stats["classes"]]
+  width = [7 * len(COUNT_KEYS), 7 * len(WRITTEN_KEYS)]
+  lines += ["", " " * 40 + "".join(f"{n + ' raw':>{width[0]}}{n + ' written':>{width[1]}}"
+                                   for n in names),
+            f"  {'label':<28}{'policy':<10}" + "".join(
+                f"{k:>7}" for k in COUNT_KEYS + WRITTEN_KEYS) * len(names)]
+  lines += [f"  {c:<28}{policy[c]:<10}" + "".join(
+      f"{sources[n][key][c][k]:>7}" for n in names
+      for key, keys in zip(counts, (COUNT_KEYS, WRITTEN_KEYS)) for k in keys)
+      for c in stats["classes"]]
   skipped = [f"{k} {v}" for k, v in sorted(stats["skipped"]["counts"].items())]
   for title, items in (("not found", stats.get("not_found")), ("skipped", skipped)):
     if items:
@@ -261,7 +295,7 @@ class CheXpert(Builder):
     val = patient_split((r.patient_id for r in rows["train"]), self.val_fraction, self.seed)
     out = {"train": [], "val": [], "test": []}
     for name, r in ((name, r) for name, rs in rows.items() for r in rs):
-      if r.view.lower() == "frontal" or not self.frontal_only:
+      if r.frontal or not self.frontal_only:
         labels, mask = apply_policy(r.raw, self.policy)
         split = "test" if name == "valid" else "val" if r.patient_id in val else "train"
         out[split].append(Example(
