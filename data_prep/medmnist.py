@@ -6,7 +6,10 @@
 The set's name (a builder config), task and class names come from `medmnist.INFO`; the name
 is read from the file name unless --name is given. --image_size defaults to the file's own
 size. A file whose split sizes or md5 differ from medmnist.INFO is refused unless
---accept_mismatch is given, which records the difference in the dataset's metadata.
+--accept_mismatch is given, which records the difference in the dataset's metadata. Float
+images in [0, 1] are scaled to uint8 (said in --check and recorded as `conversions`); other
+non-uint8 images, fractional or out-of-range labels and labels unlike the set's task are an
+error naming the file, key and row.
 """
 
 import os

@@ -3,8 +3,11 @@ whose config is the set's name.
 
 The file is checked against `medmnist.INFO` (split sizes, md5 of the file at its size): a
 difference is an error unless accepted explicitly (`accept_mismatch`), and an accepted
-difference is recorded in the dataset's metadata. The text is one modality sentence per set,
-never the label; the official train / val / test splits are kept (MedMNIST has no patient ids).
+difference is recorded in the dataset's metadata. Images are uint8; float images in [0, 1]
+are scaled to 0..255 and the conversion is recorded, and anything a cast would silently turn
+into black or wrapped pixels or truncated labels is an error naming the file, key and row. The
+text is one modality sentence per set, never the label; the official train / val / test splits
+are kept (MedMNIST has no patient ids).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def name_and_size(path: str) -> tuple[str, int]:
 
 def read_npz(path: str, name: str) -> dict:
   """{split: (images uint8 (N, H, W[, 3]), labels (N, C) float32)} checked against the set's
-  classes and task; returns also the differences from medmnist.INFO."""
+  classes and task; returns also the differences from medmnist.INFO and the conversions made."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such MedMNIST .npz file")
   try:
@@ -68,23 +71,18 @@ def read_npz(path: str, name: str) -> dict:
   except Exception as e:  # noqa: BLE001 - re-raised with the file name
     raise BadInputError(f"{path}: not a readable .npz file ({e})") from e
   meta = info(name)
-  num_classes = len(meta["classes"])
-  splits, differences = {}, []
+  splits, differences, conversions = {}, [], []
   for split in SPLITS:
     key_x, key_y = f"{split}_images", f"{split}_labels"
     for key in (key_x, key_y):
       if key not in npz:
         raise BadInputError(f"{path}: no array {key!r} (has {sorted(npz.keys())})")
-    images, y = npz[key_x], npz[key_y].astype(np.int64)
-    if meta["task"] == "multilabel":
-      labels = y.astype(np.float32)
-    else:
-      y = y.reshape(-1)
-      bad = np.nonzero((y < 0) | (y >= num_classes))[0]
-      if len(bad):
-        raise BadInputError(f"{path}: {key_y} row {bad[0]} has label {y[bad[0]]} outside "
-                            f"0..{num_classes - 1}")
-      labels = np.eye(num_classes, dtype=np.float32)[y]
+    try:
+      x, y = npz[key_x], npz[key_y]
+    except ValueError as e:   # object arrays: they need pickle, which no data file should
+      raise BadInputError(f"{path}: {key_x} / {key_y} cannot be read ({e})") from e
+    images, labels, conversion = _validated(path, split, x, y, meta)
+    conversions += [conversion] if conversion else []
     if len(images) != meta["n_samples"][split]:
       differences.append(f"{split} has {len(images)} examples, medmnist.INFO says "
                          f"{meta['n_samples'][split]}")
@@ -94,7 +92,57 @@ def read_npz(path: str, name: str) -> dict:
   digest = md5(path)
   if digest != expected:
     differences.append(f"md5 {digest}, medmnist.INFO says {expected} for {size} px")
-  return {**meta, "splits": splits, "differences": differences, "file_md5": digest, "size": size}
+  return {**meta, "splits": splits, "differences": differences, "conversions": conversions,
+          "file_md5": digest, "size": size}
+
+
+def _validated(path: str, split: str, x: np.ndarray, y: np.ndarray,
+               meta: dict) -> tuple[np.ndarray, np.ndarray, str]:
+  """(uint8 images, (N, C) float32 labels, the conversion made or ''). A cast would turn float
+  images black, wrap integers and truncate fractional labels without a word, so only float
+  images in [0, 1] are converted (x * 255, rounded); any other surprise is a BadInputError."""
+  kx, ky = f"{split}_images", f"{split}_labels"
+  classes = meta["classes"]
+  if x.ndim not in (3, 4) or x.ndim == 4 and x.shape[-1] != 3:
+    raise BadInputError(f"{path}: {kx} has shape {x.shape}; expected (N, H, W) or (N, H, W, 3)")
+  if x.dtype.kind not in "uif":
+    raise BadInputError(f"{path}: {kx} has dtype {x.dtype}; expected uint8, integers in 0..255 "
+                        "or floats in [0, 1]")
+  if y.dtype.kind not in "biuf":
+    raise BadInputError(f"{path}: {ky} has dtype {y.dtype}; expected numbers")
+  multilabel = meta["task"] == "multilabel"
+  width = len(classes) if multilabel else 1
+  if y.ndim not in (1, 2) or (y.shape[1] if y.ndim == 2 else 1) != width:
+    raise BadInputError(f"{path}: {ky} has shape {y.shape}; a {meta['task']} set of "
+                        f"{len(classes)} classes has labels of shape (N, {width})")
+  if len(x) != len(y):
+    raise BadInputError(f"{path}: split {split} has {len(x)} images but {len(y)} labels "
+                        f"({kx}, {ky})")
+  conversion = ""
+  if x.dtype != np.uint8:
+    floats = x.dtype.kind == "f"
+    if floats and not np.isfinite(x).all():
+      raise BadInputError(f"{path}: {kx} has NaN or inf values")
+    lo, hi = (x.min(), x.max()) if x.size else (0, 0)
+    if lo < 0 or hi > (1 if floats else 255):
+      raise BadInputError(f"{path}: {kx} has {x.dtype} values {lo}..{hi}, outside "
+                          f"{'[0, 1]' if floats else '0..255'}")
+    if floats:
+      conversion = f"{kx}: float in [0, 1], scaled to 0..255 (x * 255, rounded)"
+    x = (np.rint(x * 255) if floats else x).astype(np.uint8)
+  y = y.reshape(len(y), width).astype(np.float64)
+  if multilabel:
+    for r, c in zip(*np.nonzero(~np.isin(y, (0, 1)))):
+      raise BadInputError(f"{path}: {ky} row {r} has {y[r, c]:g} for {classes[c]!r}; "
+                          "multilabel labels are 0 / 1")
+    return x, y.astype(np.float32), conversion
+  v = y[:, 0]
+  for r in np.nonzero(v != np.round(v))[0]:   # NaN too
+    raise BadInputError(f"{path}: {ky} row {r} has label {v[r]:g}: not an integer class index")
+  for r in np.nonzero((v < 0) | (v >= len(classes)))[0]:
+    raise BadInputError(f"{path}: {ky} row {r} has label {v[r]:g} outside "
+                        f"0..{len(classes) - 1}")
+  return x, np.eye(len(classes), dtype=np.float32)[v.astype(np.int64)], conversion
 
 
 def check(path: str, name: str | None = None, accept_mismatch: bool = False) -> str:
@@ -108,6 +156,7 @@ def check(path: str, name: str | None = None, accept_mismatch: bool = False) -> 
   for split, (images, labels) in data["splits"].items():
     lines.append(f"  {split:<5} {len(images):>7,} examples, per class "
                  f"{labels.sum(0).astype(int).tolist()}")
+  lines += [f"  converted: {c}" for c in data["conversions"]]
   return "\n".join(lines)
 
 
@@ -158,6 +207,7 @@ class MedMNIST(Builder):
     data = read_npz(src, name)
     _refuse(src, data["differences"], self.accept_mismatch)
     self.info.metadata["differences_from_medmnist_info"] = data["differences"]
+    self.info.metadata["conversions"] = data["conversions"]
     sentence = MODALITY_SENTENCE[name]
     out = {}
     for split, (images, labels) in data["splits"].items():
