@@ -297,6 +297,13 @@ def _truncated_png(src):
     f.write(data[: len(data) // 2])
 
 
+def _shared_patient(src):
+  """Patient 1001's third image, listed in test_list.txt."""
+  _write_csv(src, _rows_with(5, name="00001001_005.png", pid="1001"))
+  os.rename(os.path.join(src, "images", TEST[1]), os.path.join(src, "images", "00001001_005.png"))
+  _write_list(src, "test_list.txt", [TEST[0], "00001001_005.png"])
+
+
 BAD = {  # case: (mutation, file named in the error, where, skipped counts, examples left)
     "missing_image": (_missing_image, CSV, "row 4", {"missing_image": 1}, 5),
     "unreadable_image": (_truncated_png, CSV, "row 2", {"unreadable_image": 1}, 5),
@@ -322,7 +329,9 @@ BAD = {  # case: (mutation, file named in the error, where, skipped counts, exam
                            "train_val_list.txt", "line 5", {"duplicate_in_split": 1}, 6),
     "image_in_both_splits": (lambda s: _write_list(s, "test_list.txt", TEST + TRAIN_VAL[2:3]),
                              "train_val_list.txt", "line 3", {"image_in_both_splits": 1}, 6),
-    "patient_in_both_splits": (lambda s: _write_csv(s, _rows_with(5, pid="1001")),
+    "patient_mismatch": (lambda s: _write_csv(s, _rows_with(3, pid="1004")), CSV, "row 5",
+                         {"patient_mismatch": 1}, 5),
+    "patient_in_both_splits": (_shared_patient,
                                "train_val_list.txt", "line 1",
                                {"patient_in_both_splits": 1}, 4),
 }
@@ -393,3 +402,171 @@ def test_script_bad_input(src, tmp_path):
   assert proc.returncode == 1 and len(errors) == 1, proc.stderr
   assert f"{os.path.join(src, CSV)}, row 6:" in errors[0] and "Pneumonitis" in errors[0]
   assert not out.exists()
+
+
+# ---------------------------------------------------------------- the patient id of an image name
+
+
+def _table(tmp_path, rows, train_val, test):
+  """A labels-only source (no images): the table and the official lists."""
+  _real()
+  src = str(tmp_path / "table")
+  os.makedirs(src)
+  _write_csv(src, rows)
+  _write_list(src, "train_val_list.txt", train_val)
+  _write_list(src, "test_list.txt", test)
+  return src
+
+
+def _patients_by_name(names):
+  return {int(n.split("_")[0]) for n in names}
+
+
+def test_patient_id_disagreeing_with_image_name_cannot_leak(tmp_path):
+  """Patient 1's image filed under Patient ID 2 would put patient 1 in train_val and test."""
+  rows = [("00000001_000.png", "Effusion", "1", "50", "M", "PA"),
+          ("00000002_000.png", "No Finding", "2", "60", "F", "PA"),
+          ("00000001_005.png", "No Finding", "2", "50", "M", "PA")]   # row 4
+  src = _table(tmp_path, rows, [rows[0][0]], [rows[1][0], rows[2][0]])
+  stats = cx.check(src, labels_only=True, problems=Problems(skip_bad=True))
+  splits = cx.read_source(src, Problems(skip_bad=True)).splits(0.0, 0)
+  assert stats["patient_disjoint"]
+  assert not _patients_by_name(splits["train_val"]) & _patients_by_name(splits["test"])
+  assert stats["skipped"]["counts"] == {"patient_mismatch": 1}
+  assert stats["splits"]["test"]["num_images"] == 1
+  with pytest.raises(BadInputError, match=re.escape(
+      f"{os.path.join(src, CSV)}, row 4: 00000001_005.png: Patient ID 2 is not patient 1")):
+    cx.check(src, labels_only=True)
+
+
+@pytest.mark.parametrize("name,pid", [("00001001_001.png", "1001a"), ("00001001_001.png", "-1001"),
+                                      ("00001001_001.png", "1002"), ("1001-001.png", "1001"),
+                                      ("00001001_001.jpg", "1001"), ("x00001001_001.png", "1001")])
+def test_patient_id_checked_against_image_name(tmp_path, name, pid):
+  rows = _rows_with(1, name=name, pid=pid)
+  src = _table(tmp_path, rows, [r[0] for r in rows[:4]], TEST)
+  with pytest.raises(BadInputError, match=rf"{re.escape(os.path.join(src, CSV))}, row 3: "
+                                          rf"{re.escape(name)}: .*--skip_bad"):
+    cx.check(src, labels_only=True)
+  stats = cx.check(src, labels_only=True, problems=Problems(skip_bad=True))
+  assert stats["skipped"]["counts"] == {"patient_mismatch": 1}
+  assert stats["splits"]["train_val"]["num_images"] == 3   # dropped, not reported again
+
+
+def test_patient_id_compared_as_a_number(tmp_path):
+  src = _table(tmp_path, _rows_with(1, pid="00001001"), TRAIN_VAL, TEST)
+  source = cx.read_source(src, Problems())
+  assert source.rows[ROWS[1][0]].patient_id == "1001" and len(source.patients(TRAIN_VAL)) == 3
+
+
+# ---------------------------------------------------------------- published split lists (CheXNet's)
+
+LISTED = {"train": [ROWS[0][0], ROWS[1][0], ROWS[3][0]], "val": [ROWS[2][0]], "test": TEST}
+
+
+def _columns(name):
+  labels = dict((r[0], r[1]) for r in ROWS)[name].split("|")
+  return " ".join("1" if c in labels else "0" for c in cx.CLASSES)
+
+
+def _write_lists(folder, lists=None, columns=("train", "test")):
+  """CheXNet's format: 'images/NAME 0 1 ...' (label columns in `columns` lists) or bare names."""
+  paths = {}
+  for split, names in (lists or LISTED).items():
+    paths[split] = os.path.join(folder, f"{split}.txt")
+    with open(paths[split], "w") as f:
+      for name in names:
+        f.write(f"images/{name} {_columns(name)}\n" if split in columns else f"{name}\n")
+  return paths
+
+
+@pytest.fixture
+def lists(tmp_path):
+  os.makedirs(tmp_path / "lists")
+  return _write_lists(str(tmp_path / "lists"))
+
+
+def test_build_from_split_lists(src, lists, tmp_path):
+  out = tmp_path / "out"
+  _build(src, out, split_lists=lists)
+  meta = builder.load(str(out)).info.metadata
+  for split, names in LISTED.items():
+    assert [e["example_id"].decode() for e in _read(out, split)] == names
+  policy = meta["split_policy"]
+  assert all(os.path.basename(p) in policy for p in lists.values()) and "carved" in policy
+  assert "val_fraction" not in meta and meta["skipped"]["counts"] == {}
+  assert set(meta["source_checksums"]) == {CSV, "train.txt", "val.txt", "test.txt"}
+  assert meta["patients"] == {"train": 2, "val": 1, "test": 2}
+
+
+def test_check_split_lists(src, lists):
+  os.remove(os.path.join(src, "train_val_list.txt"))   # the official lists are not needed
+  stats = cx.check(src, labels_only=True, split_lists=lists)
+  assert {s: tuple(v.values()) for s, v in stats["splits"].items()} == {
+      "train": (3, 2), "val": (1, 1), "test": (2, 2)}
+  assert stats["patient_overlap"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+  assert stats["patient_disjoint"] and stats["unlisted_images"] == 0
+  assert stats["label_counts"]["total"]["Cardiomegaly"] == 2
+  report = cx.format_report(stats)
+  assert re.search(r"\ntrain\s+3\s+2\s+0\n", report) and "(patient-disjoint)" in report
+  assert f"as listed, val not carved: train {lists['train']}, val {lists['val']}" in report
+  assert re.search(r"positives\s+train\s+val\s+test\s+total\n", report)
+  stats = cx.check(src, labels_only=True, split_lists={"train": lists["train"],
+                                                       "test": lists["test"]})   # no val
+  assert list(stats["splits"]) == ["train", "test"] and stats["unlisted_images"] == 1
+  assert "rows in no split list: 1;" in cx.format_report(stats)
+
+
+def test_split_lists_flag(src, lists):
+  assert cx.parse_split_lists(f"train={lists['train']},test={lists['test']}") == {
+      "train": lists["train"], "test": lists["test"]}
+  for bad in ("train=a", "train=a,test=b,extra=c", "train=a,test=b,train=c", "train,test=b"):
+    with pytest.raises(ValueError, match="--split_lists"):
+      cx.parse_split_lists(bad)
+  with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+    cx.check(src, labels_only=True, split_lists={**lists, "val": "nowhere.txt"})
+  proc = _script("--src", src, "--check", "--labels_only", "--split_lists",
+                 ",".join(f"{k}={v}" for k, v in lists.items()))
+  assert proc.returncode == 0, proc.stderr
+  assert re.search(r"\nval\s+1\s+1\s+1\n", proc.stdout) and "(patient-disjoint)" in proc.stdout
+
+
+def _flip_first_label(folder):
+  path = os.path.join(folder, "train.txt")
+  with open(path) as f:
+    lines = f.read().splitlines()
+  lines[1] = lines[1][:-1] + ("0" if lines[1].endswith("1") else "1")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def _moved(lists):
+  return lambda d: _write_lists(d, {**LISTED, **lists})
+
+
+SPLIT_LIST_BAD = {  # case: (mutation of the lists' folder, file, line, skipped counts, listed)
+    "unknown_image": (_moved({"val": [ROWS[2][0], "00009999_000.png"]}), "val.txt", 2,
+                      {"unknown_image_in_split": 1}, 6),
+    "label_mismatch": (_flip_first_label, "train.txt", 2, {"label_mismatch": 1}, 5),
+    "shared_patient": (_moved({"train": [ROWS[0][0], ROWS[3][0]], "val": [ROWS[2][0], ROWS[1][0]]}),
+                       "train.txt", 1, {"patient_in_both_splits": 1}, 5),
+    "image_in_two_lists": (_moved({"val": [ROWS[2][0], ROWS[3][0]]}), "train.txt", 3,
+                           {"image_in_both_splits": 1}, 6),
+    "duplicate": (_moved({"test": TEST + TEST[:1]}), "test.txt", 3, {"duplicate_in_split": 1}, 6),
+    "column_count": (lambda d: open(os.path.join(d, "test.txt"), "a").write(
+        f"{ROWS[2][0]} 0 1\n"), "test.txt", 3, {"malformed_split_line": 1}, 6),
+    "column_value": (lambda d: open(os.path.join(d, "val.txt"), "a").write(
+        f"{ROWS[3][0]} {'2 ' * 14}\n"), "val.txt", 2, {"malformed_split_line": 1}, 6),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_LIST_BAD))
+def test_split_lists_bad_input(case, src, lists):
+  mutate, filename, line, counts, listed = SPLIT_LIST_BAD[case]
+  mutate(os.path.dirname(lists["train"]))
+  path = os.path.join(os.path.dirname(lists["train"]), filename)
+  with pytest.raises(BadInputError, match=rf"{re.escape(path)}, line {line}: .*--skip_bad"):
+    cx.check(src, labels_only=True, split_lists=lists)
+  stats = cx.check(src, labels_only=True, split_lists=lists, problems=Problems(skip_bad=True))
+  assert stats["skipped"]["counts"] == counts and stats["patient_disjoint"]
+  assert sum(v["num_images"] for v in stats["splits"].values()) == listed
