@@ -8,10 +8,10 @@ Finished variants (root/<variant>/test_metrics.json) are reused; others resume.
 
 import logging
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from medvlmoe_jax import ablations
+from medvlmoe_jax import ablations, cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _ROOT = flags.DEFINE_string("root", None, "Directory for the variants' workdirs.", required=True)
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from medvlmoe_jax import cli   # absl only: jax is imported after --simulate_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
 _SIMULATE = flags.DEFINE_integer("simulate_devices", 0, "Simulated CPU devices (0: real devices).")
@@ -69,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ import logging
 
 from absl import app, flags
 
+from medvlmoe_jax import cli
 from medvlmoe_jax.convert.encoders import convert
 
 _VISION = flags.DEFINE_string("vision", None, "CLIPVisionModel or CLIPModel directory / hub id.")
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

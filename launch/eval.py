@@ -10,8 +10,9 @@ predictions.npz under WORKDIR/eval/<split>_step<N>/.
 import json
 import logging
 
-from absl import app, flags
+from absl import flags
 
+from medvlmoe_jax import cli
 from medvlmoe_jax.eval.run import aggregate, evaluate_workdir, format_aggregate
 
 _WORKDIR = flags.DEFINE_multi_string("workdir", None, "Training workdir(s); several are "
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

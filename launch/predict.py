@@ -6,13 +6,16 @@
 PNG and JPEG are read with PIL, DICOM with pydicom (if installed). Without --text the model
 sees a neutral sentence (medvlmoe_jax.eval.predict.DEFAULT_TEXT), since it cannot pool an
 empty one. Prints the class probabilities (highest first) and the experts the MoE chose.
+A missing, empty, truncated or non-image file is a one-line error; an image under a quarter
+of the model's input side is classified with a warning.
 """
 
 import json
 import logging
 
-from absl import app, flags
+from absl import flags
 
+from medvlmoe_jax import cli
 from medvlmoe_jax.eval.predict import Predictor
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -52,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,7 +3,8 @@
   python launch/train.py --config configs/demo.py --workdir runs/demo \
       [--config.train.epochs=5 --config.model.dtype=float32 ...]
 
-A workdir that already holds checkpoints is resumed from the latest one.
+A workdir that already holds checkpoints is resumed from the latest one. A config or data
+problem ends in one 'error: ...' line (medvlmoe_jax/cli.py).
 
 Several processes (hosts): on SLURM nothing is needed (see launch/slurm/train.sbatch);
 elsewhere give every process the same --coordinator_address and --num_processes and its
@@ -12,10 +13,10 @@ own --process_id.
 
 import logging
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from medvlmoe_jax import distributed
+from medvlmoe_jax import cli, distributed
 from medvlmoe_jax.experiment import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,8 @@ import difflib
 import ml_collections
 from ml_collections import config_dict
 
+from medvlmoe_jax.cli import BadInputError
+
 VISION_PRESETS = {
     # openai/clip-vit-large-patch14 vision tower.
     "vit_l14": dict(width=1024, layers=24, heads=16, mlp_dim=4096, patch_size=14, image_size=224),
@@ -180,8 +182,8 @@ def _flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   return keys
 
 
-class ConfigError(ValueError):
-  pass
+class ConfigError(BadInputError):
+  """A config key or value that cannot be used: bad input, one line from every script."""
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from medvlmoe_jax.config import ConfigError
 from medvlmoe_jax.tree import path_str
 
 AXES = ("data", "expert")
@@ -29,12 +30,12 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, num_experts: int, devices=Non
   n = len(devices)
   expert = mesh_cfg.expert if mesh_cfg.expert != -1 else math.gcd(num_experts, n)
   if expert <= 0 or n % expert:
-    raise ValueError(f"mesh.expert={mesh_cfg.expert} does not divide the {n} devices")
+    raise ConfigError(f"mesh.expert={mesh_cfg.expert} does not divide the {n} devices")
   if num_experts % expert:
-    raise ValueError(f"mesh.expert={expert} does not divide model.moe.num_experts={num_experts}")
+    raise ConfigError(f"mesh.expert={expert} does not divide model.moe.num_experts={num_experts}")
   data = mesh_cfg.data if mesh_cfg.data != -1 else n // expert
   if data * expert != n:
-    raise ValueError(f"mesh data={data} x expert={expert} != {n} devices")
+    raise ConfigError(f"mesh data={data} x expert={expert} != {n} devices")
   return jax.make_mesh((data, expert), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
@@ -56,7 +57,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def check_batch(batch_size: int, mesh: Mesh, what: str) -> None:
   if batch_size % mesh.size:
-    raise ValueError(f"{what}={batch_size} is not divisible by the {mesh.size} devices of the mesh")
+    raise ConfigError(f"{what}={batch_size} is not divisible by the {mesh.size} devices of the mesh")
 
 
 def process_rows(mesh: Mesh, global_batch: int) -> slice:

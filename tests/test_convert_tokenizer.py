@@ -1,4 +1,5 @@
-"""BioGPT tokenizer files built from the fairseq release, checked against the release itself.
+"""BioGPT tokenizer files built from the fairseq release, checked against the release itself;
+and the release folder given directly as the pipeline's tokenizer.
 
 The expected ids come from a small BPE written here (fairseq / fastBPE spelling: `@@` marks a
 word that continues) and from dict.txt's line order, never from the module under test.
@@ -11,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from medvlmoe_jax.convert.tokenizer import fairseq_ids, write_biogpt_tokenizer
+from medvlmoe_jax.data.tokenizers import fairseq_ids, write_biogpt_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(os.path.dirname(ROOT), "shared", "data", "biogpt_tokenizer")
@@ -195,3 +196,56 @@ def test_convert_builds_tokenizer_for_the_data_pipeline(tmp_path, release):
   assert mask[0].sum() > mask[1].sum() > 0
   assert np.all(ids[mask == 0] == 1)            # <pad>
   assert ids[0, 0] == 2 and ids[1, 0] == 2      # </s> first, as fairseq's LM
+
+
+def _tiny_release(folder):
+  folder.mkdir()
+  _write(folder / "dict.txt", TINY_DICT)
+  _write(folder / "bpecodes", TINY_CODES)
+  return str(folder)
+
+
+@pytest.mark.parametrize("which", ["tiny", "real"])
+def test_release_folder_tokenizes_as_the_converted_one(tmp_path, release, which):
+  """data.tokenizer_path may name the fairseq release itself: it is converted on the fly,
+  to the same ids, and nothing is written into it."""
+  from medvlmoe_jax.data.pipeline import make_tokenizer
+  from medvlmoe_jax.config import defaults
+  folder = _tiny_release(tmp_path / "release") if which == "tiny" else RELEASE
+  sentences = ["the the .", "of th t h .", "x"] if which == "tiny" else SENTENCES
+  before = sorted(os.listdir(folder))
+  write_biogpt_tokenizer(os.path.join(folder, "dict.txt"), os.path.join(folder, "bpecodes"),
+                         str(tmp_path / "converted"))
+  data = defaults().data
+  data.tokenizer, data.tokenizer_path = "biogpt", str(tmp_path / "converted")
+  want_ids, want_mask = make_tokenizer(data)(sentences, 24)
+  data.tokenizer_path = folder
+  tok = make_tokenizer(data)
+  ids, mask = tok(sentences, 24)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_array_equal(mask, want_mask)
+  assert tok.vocab_size == (9 if which == "tiny" else 42_384)
+  assert sorted(os.listdir(folder)) == before
+  if which == "tiny":
+    assert list(ids[0, :5]) == [2, 6, 6, 4, 1]    # </s> the the . <pad>
+
+
+@pytest.mark.parametrize("present", [[], ["dict.txt"], ["vocab.json"], ["merges.txt", "bpecodes"]])
+def test_folder_without_tokenizer_files_is_one_line(tmp_path, present):
+  from medvlmoe_jax.data.tokenizers import BioGptTokenizer
+  folder = tmp_path / "tok"
+  folder.mkdir()
+  for name in present:
+    _write(folder / name, TINY_DICT if name == "dict.txt" else "")
+  with pytest.raises(FileNotFoundError) as info:
+    BioGptTokenizer(str(folder))
+  message = str(info.value)
+  assert message.startswith(f"{folder}: no BioGPT tokenizer: expected vocab.json + merges.txt")
+  assert "dict.txt + bpecodes" in message and "\n" not in message
+  assert message.endswith("found " + (", ".join(sorted(present)) or "none of them"))
+
+
+def test_missing_tokenizer_folder_is_named(tmp_path):
+  from medvlmoe_jax.data.tokenizers import BioGptTokenizer
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path}/gone: no such tokenizer folder")):
+    BioGptTokenizer(str(tmp_path / "gone"))

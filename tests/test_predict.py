@@ -1,8 +1,10 @@
 """`Predictor` / launch/predict.py on a tiny demo run: image files in, the eval step's
-probabilities and the routing decisions out."""
+probabilities and the routing decisions out; unreadable files as one-line errors, tiny images
+with a warning."""
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shrunk_demo_config
+from medvlmoe_jax import cli
 from medvlmoe_jax.data import pipeline, synthetic
 from medvlmoe_jax.eval.predict import Predictor
 from medvlmoe_jax.train.checkpointing import Checkpointer
@@ -119,3 +122,57 @@ def test_cli_writes_json(run):
   assert len(pred["experts"]) == 2
   top = max(pred["probabilities"], key=pred["probabilities"].get)
   assert f"{top} " in proc.stdout and "experts: #" in proc.stdout
+
+
+def _bad_file(root, kind: str, png: bytes, jpg: bytes) -> str:
+  path = root / {"missing": "missing.png", "empty": "empty.png", "truncated png": "half.png",
+                 "truncated jpeg": "half.jpg", "not an image": "notes.png",
+                 "directory": "folder.png"}[kind]
+  if kind == "directory":
+    path.mkdir()
+  elif kind != "missing":
+    data = {"empty": b"", "truncated png": png[:len(png) // 2], "truncated jpeg": jpg[:len(jpg) // 2],
+            "not an image": b"Patient 12, PA view: no finding.\n"}[kind]
+    path.write_bytes(data)
+  return str(path)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("missing", "no such image file"), ("empty", "empty file (0 bytes)"),
+    ("truncated png", "not a readable image"), ("truncated jpeg", "not a readable image"),
+    ("not an image", "not a readable image"), ("directory", "not a readable image")])
+def test_unreadable_file_is_one_line_naming_it(run, tmp_path, kind, expected):
+  with open(run["pngs"][0], "rb") as f, open(run["jpgs"][0], "rb") as g:
+    path = _bad_file(tmp_path, kind, f.read(), g.read())
+  with pytest.raises(SystemExit) as exit_info:
+    with cli.exit_on_bad_input():
+      run["predictor"].predict(path)
+  message = exit_info.value.code
+  assert message.startswith(f"error: {path}: ") and expected in message, message
+  assert "\n" not in message
+
+
+@pytest.mark.parametrize("side, warns", [(1, True), (7, True), (8, False), (32, False)])
+def test_image_under_a_quarter_of_the_input_side_warns(run, caplog, side, warns):
+  """The demo model sees 32 px: 7 px is under a quarter of that, 8 px is not."""
+  path = str(run["root"] / f"small{side}.png")
+  Image.fromarray(np.full((side, side + 3, 3), 90, np.uint8)).save(path)
+  with caplog.at_level(logging.WARNING, logger="medvlmoe_jax.eval.predict"):
+    pred = run["predictor"].predict(path)
+  assert all(0.0 <= p <= 1.0 for p in pred["probabilities"].values())
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == warns, warned
+  if warns:
+    assert warned[0].startswith(f"{path}: {side + 3}x{side} px is far below the model's 32 px")
+
+
+def test_cli_warns_about_a_tiny_image(run):
+  """The warning reaches stderr through absl's logging; the prediction is still made."""
+  path = str(run["root"] / "one_pixel.png")
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(path)
+  proc = subprocess.run([sys.executable, "launch/predict.py", "--workdir", run["workdir"],
+                         "--image", path], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert f"{path}: 1x1 px is far below the model's 32 px input" in proc.stderr
+  assert "experts: #" in proc.stdout

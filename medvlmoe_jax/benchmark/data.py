@@ -53,7 +53,7 @@ def _source_pngs(shared_data: str, count: int, workdir: str) -> list[str]:
 
 def run(shared_data: str, num_examples: int = 512, batch_size: int = 32,
         workers: tuple[int, ...] = (0, 2), batches: int = 64) -> dict:
-  from medvlmoe_jax.convert.tokenizer import write_biogpt_tokenizer
+  from medvlmoe_jax.data.tokenizers import write_biogpt_tokenizer
   workdir = tempfile.mkdtemp(prefix="medvlmoe_data_bench_")
   try:
     pngs = _source_pngs(shared_data, num_examples, workdir)

@@ -17,6 +17,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from medvlmoe_jax.cli import BadInputError
+
 
 def resolve_source(src: str) -> str:
   """A local directory as is; anything else is taken for a hub id and downloaded."""
@@ -34,7 +36,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
     return safetensors.numpy.load_file(path)
   except (safetensors.SafetensorError, TypeError) as e:
-    raise ValueError(f"{path}: {e}") from e
+    raise BadInputError(f"{path}: {e}") from e
 
 
 def _read_torch_bin(path: str) -> dict[str, np.ndarray]:

@@ -95,7 +95,7 @@ def convert(out: str, vision: str | None = None, text: str | None = None,
           shutil.copy(os.path.join(src_dir, f), tok_dir)
       summary["sources"]["tokenizer"] = src_dir
   if tokenizer_release is not None and not os.path.exists(os.path.join(tok_dir, "vocab.json")):
-    from medvlmoe_jax.convert.tokenizer import write_biogpt_tokenizer
+    from medvlmoe_jax.data.tokenizers import write_biogpt_tokenizer
     write_biogpt_tokenizer(os.path.join(tokenizer_release, "dict.txt"),
                            os.path.join(tokenizer_release, "bpecodes"), tok_dir)
     summary["sources"]["tokenizer"] = tokenizer_release

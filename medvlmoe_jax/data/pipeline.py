@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.data import builder, synthetic
 from medvlmoe_jax.data.preprocess import CLIP_MEAN, CLIP_STD
 from medvlmoe_jax.data.tokenizers import BioGptTokenizer, WordTokenizer
@@ -108,24 +109,28 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict):
     return WordTokenizer(synthetic.vocabulary())
   if data_cfg.tokenizer == "biogpt":
     if not data_cfg.tokenizer_path:
-      raise ValueError("data.tokenizer='biogpt' needs data.tokenizer_path (a converted model "
-                       "directory or a hub id)")
+      raise BadInputError("data.tokenizer='biogpt' needs data.tokenizer_path (a converted "
+                          "model directory, BioGPT's release folder or a hub id)")
     return BioGptTokenizer(data_cfg.tokenizer_path)
-  raise ValueError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of ['word', 'biogpt']")
+  raise BadInputError(f"data.tokenizer={data_cfg.tokenizer!r} is not one of ['word', 'biogpt']")
 
 
 def _load_built(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
   d = config.data
   ds = builder.load(d.path)
-  meta, where = ds.info.metadata, ds.data_dir
+  meta, where = ds.info.metadata or {}, ds.data_dir
+  lacking = [k for k in ("name", "task", "classes", "image_size") if k not in meta]
+  if lacking:
+    raise BadInputError(f"{where}: not a dataset built by data_prep (its metadata.json lacks "
+                        f"{lacking})")
   if meta["task"] != d.task:
-    raise ValueError(f"{where}: the data's task is {meta['task']!r} but data.task={d.task!r}")
+    raise BadInputError(f"{where}: the data's task is {meta['task']!r} but data.task={d.task!r}")
   if meta["image_size"] != d.image_size:
-    raise ValueError(f"{where}: images were prepared at {meta['image_size']} px but "
-                     f"data.image_size={d.image_size}")
+    raise BadInputError(f"{where}: images were prepared at {meta['image_size']} px but "
+                        f"data.image_size={d.image_size}")
   if len(meta["classes"]) != config.model.num_classes:
-    raise ValueError(f"{where}: {len(meta['classes'])} classes but model.num_classes="
-                     f"{config.model.num_classes}")
+    raise BadInputError(f"{where}: {len(meta['classes'])} classes but model.num_classes="
+                        f"{config.model.num_classes}")
   splits = {name: TfdsSplit(ds, name, tokenizer, d.text_max_len) for name in ds.info.splits}
   return Dataset(splits, list(meta["classes"]), tokenizer.vocab_size, meta["name"])
 
@@ -133,8 +138,8 @@ def _load_built(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
 def _load_synthetic(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
   d, s = config.data, config.data.synthetic
   if s.num_classes != config.model.num_classes:
-    raise ValueError(f"the data has {s.num_classes} classes but model.num_classes="
-                     f"{config.model.num_classes}")
+    raise BadInputError(f"the data has {s.num_classes} classes but model.num_classes="
+                        f"{config.model.num_classes}")
   splits = {}
   for name, n in {"train": s.num_train, "val": s.num_val, "test": s.num_test}.items():
     split = synthetic.make_split(name, n, s.num_classes, d.image_size, s.seed)
@@ -147,7 +152,7 @@ def _load_synthetic(config: ml_collections.ConfigDict, tokenizer) -> Dataset:
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   loaders = {"synthetic": _load_synthetic, "tfds": _load_built}
   if config.data.name not in loaders:
-    raise ValueError(f"data.name={config.data.name!r} is not one of {sorted(loaders)}")
+    raise BadInputError(f"data.name={config.data.name!r} is not one of {sorted(loaders)}")
   return loaders[config.data.name](config, make_tokenizer(config.data))
 
 
@@ -187,7 +192,7 @@ def train_iterator(split, batch_size: int, seed: int, worker_count: int = 0,
   the batch number, so a resumed run augments exactly as an uninterrupted one."""
   n = len(split)
   if n < batch_size:
-    raise ValueError(f"the training split ({n}) is smaller than one batch ({batch_size})")
+    raise BadInputError(f"the training split ({n}) is smaller than one batch ({batch_size})")
   rows = slice(None) if rows is None else rows
   use_augment = augment_cfg is not None and augment_cfg.enabled
 

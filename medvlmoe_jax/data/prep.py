@@ -8,13 +8,17 @@ Bad input ends in one 'error: ...' line naming the file and row, and exit status
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 from absl import app, flags
 
+from medvlmoe_jax import cli
 from medvlmoe_jax.data import builder as builder_lib
-from medvlmoe_jax.data.sources import BadInputError, Problems
+from medvlmoe_jax.data.sources import Problems
+
+# A data_prep script only reads and checks its input, so every ValueError it raises (a label
+# or policy it cannot parse, besides BadInputError) is about that input.
+BAD_INPUT = (ValueError,)
 
 
 def define_flags(src_help: str, image_size: int | None = 224) -> None:
@@ -50,24 +54,17 @@ def main(check: Callable[[Problems], str], build: Callable[[], builder_lib.Build
   """`validate()` the flags, then print `check(problems)` (--check) or build the dataset with
   `build()` and print its summary."""
   f = flags.FLAGS
-  try:
-    if validate is not None:
-      validate()
-    if f.check:
-      print(check(Problems(skip_bad=f.skip_bad)))
-      return
-    if not f.out:
-      raise app.UsageError("--out is required unless --check is given")
-    print(summary(build(), f.out))
-  except (BadInputError, FileNotFoundError, FileExistsError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  if validate is not None:
+    validate()
+  if f.check:
+    print(check(Problems(skip_bad=f.skip_bad)))
+    return
+  if not f.out:
+    raise app.UsageError("--out is required unless --check is given")
+  print(summary(build(), f.out))
 
 
 def run(main_fn) -> None:
-  """app.run with dashed flag spellings accepted (--skip-bad for --skip_bad)."""
-  def undash(arg: str) -> str:
-    if not arg.startswith("--") or arg == "--":
-      return arg
-    name, sep, value = arg[2:].partition("=")
-    return "--" + name.replace("-", "_") + sep + value
-  app.run(main_fn, argv=[undash(a) for a in sys.argv])
+  """cli.run for the data_prep scripts: dashed flags accepted (--skip-bad for --skip_bad), and
+  bad input, wherever main_fn meets it, as one line."""
+  cli.run(main_fn, also=BAD_INPUT)

@@ -27,11 +27,9 @@ import math
 import os
 from typing import Callable, Iterable, Iterator
 
+from medvlmoe_jax.cli import BadInputError  # defined below every layer; re-exported here
+
 log = logging.getLogger(__name__)
-
-
-class BadInputError(ValueError):
-  pass
 
 
 class Problems:

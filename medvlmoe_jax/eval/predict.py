@@ -4,6 +4,11 @@ Only the model parameters are restored (an Orbax partial restore of the train st
 neither the dataset nor the optimizer is built: a prediction needs the workdir alone (plus the
 tokenizer files for BioGPT runs, and the built dataset's metadata for the class names of a
 `tfds` run).
+
+A file that cannot be read (missing, empty, truncated, not an image) is a BadInputError naming
+its path. An image whose shorter side is under a quarter of the model's input side (e.g. a
+1x1 or a 40 px thumbnail for a 224 px model) is still classified, as resizing makes it fit, but
+with a warning: upsampled 4x or more it holds little of what the model was trained to see.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import jax
 import numpy as np
 
+from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.data import builder, pipeline, synthetic
 from medvlmoe_jax.data.preprocess import load_image, resize_and_crop
 from medvlmoe_jax.eval.run import load_config, resolve_step
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TEXT = "no clinical information ."
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+SMALL_FRACTION = 4   # warn below 1/4 of the input side
 
 
 def _is_dicom(path: str) -> bool:
@@ -61,15 +68,15 @@ def load_dicom(path: str) -> np.ndarray:
     ds = pydicom.dcmread(path)
     pixels = ds.pixel_array
   except Exception as e:   # pydicom raises many types for corrupt or unsupported files
-    raise ValueError(f"{path}: not a readable DICOM image ({e})") from e
+    raise BadInputError(f"{path}: not a readable DICOM image ({e})") from e
   photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
   if pixels.ndim == 3 and pixels.shape[-1] == 3:
     if pixels.dtype != np.uint8:
-      raise ValueError(f"{path}: colour DICOM with {pixels.dtype} samples is not supported")
+      raise BadInputError(f"{path}: colour DICOM with {pixels.dtype} samples is not supported")
     return np.ascontiguousarray(pixels)
   if pixels.ndim != 2:
-    raise ValueError(f"{path}: expected one greyscale frame, got pixel data of shape "
-                     f"{pixels.shape}")
+    raise BadInputError(f"{path}: expected one greyscale frame, got pixel data of shape "
+                        f"{pixels.shape}")
   # Rescale slope/intercept first: a CT's window centre/width is in Hounsfield units.
   x = np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds), np.float64)
   lo, hi = float(x.min()), float(x.max())
@@ -83,9 +90,26 @@ def load_dicom(path: str) -> np.ndarray:
 def read_image(path: str) -> np.ndarray:
   """PNG/JPEG via `load_image`; DICOM (by suffix or its 'DICM' magic) via pydicom."""
   path = os.fspath(path)
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise BadInputError(f"{path}: empty file (0 bytes), not an image")
   if _is_dicom(path):
     return load_dicom(path)
-  return load_image(path)
+  try:
+    return load_image(path)
+  except FileNotFoundError:
+    raise
+  except ValueError as e:   # load_image's only ValueError: the file does not decode
+    raise BadInputError(str(e)) from e
+
+
+def warn_if_small(image: np.ndarray, size: int, where: str) -> None:
+  if image.ndim < 2:
+    return   # resize_and_crop names the shape
+  h, w = image.shape[:2]
+  if min(h, w) * SMALL_FRACTION < size:
+    log.warning("%s: %dx%d px is far below the model's %d px input (under 1/%d of its side); "
+                "upsampled this much it holds little to classify", where, w, h, size,
+                SMALL_FRACTION)
 
 
 def class_names(config) -> list[str]:
@@ -132,13 +156,15 @@ class Predictor:
 
   def batch(self, image, text: str | None = None) -> dict:
     """A normalised batch of one, exactly as the eval pipeline would feed it."""
+    where = "the image"
     if isinstance(image, (str, os.PathLike)):
-      image = read_image(image)
+      where, image = os.fspath(image), read_image(image)
+    warn_if_small(np.asarray(image), self.config.data.image_size, where)
     image = resize_and_crop(image, self.config.data.image_size)
     ids, mask = self.tokenizer([DEFAULT_TEXT if text is None else text],
                                self.config.data.text_max_len)
     if not mask.any():
-      raise ValueError(f"the text {text!r} has no tokens; omit it to use {DEFAULT_TEXT!r}")
+      raise BadInputError(f"the text {text!r} has no tokens; omit it to use {DEFAULT_TEXT!r}")
     return pipeline.normalize({"image": image[None], "input_ids": ids, "attention_mask": mask})
 
   def predict(self, image, text: str | None = None) -> dict:

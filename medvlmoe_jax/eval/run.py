@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from medvlmoe_jax import sharding
+from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.eval import evaluate
 from medvlmoe_jax.eval import metrics as metrics_lib
@@ -22,12 +23,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except json.JSONDecodeError as e:
+    raise BadInputError(f"{path}: not a readable config ({e})") from None
 
 
 def resolve_step(ckpt: Checkpointer, which: str) -> int:
   """'latest', 'best' (best validation mean AUC) or a step number."""
+  if which not in ("latest", "best") and not which.isdigit():
+    raise BadInputError(f"--checkpoint must be best, latest or a step number, not {which!r}")
   latest = ckpt.latest_step()
   if latest is None:
     raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
@@ -38,10 +44,7 @@ def resolve_step(ckpt: Checkpointer, which: str) -> int:
     if best is None:
       raise FileNotFoundError(f"{ckpt.directory}: no evaluated checkpoint to call best")
     return int(best)
-  try:
-    return int(which)
-  except ValueError:
-    raise ValueError(f"--checkpoint must be best, latest or a step number, not {which!r}") from None
+  return int(which)
 
 
 def write_figures(workdir: str, out_dir: str, arrays, out: dict, class_names, config,
@@ -74,7 +77,7 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
   sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   data = pipeline.load_dataset(config)
   if split not in data.splits:
-    raise ValueError(f"unknown split {split!r}; have {sorted(data.splits)}")
+    raise BadInputError(f"unknown split {split!r}; have {sorted(data.splits)}")
   _, graphdef, abstract = abstract_model(config.model, config.seed)
   shardings = sharding.tree_shardings(mesh, abstract)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)

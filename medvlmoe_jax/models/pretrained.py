@@ -16,10 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.tree import flat_paths, path_str
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInputError):
   """Weights that do not fit the model they are meant for."""
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax import sharding
+from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.models.medvlmoe import abstract_model, build_model
 from medvlmoe_jax.models.pretrained import model_parts, overwrite, pretrained_params
@@ -95,6 +96,10 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
   sharding.check_batch(config.data.batch_size, mesh, "data.batch_size")
   sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   data = pipeline.load_dataset(config)
+  if len(data.splits["train"]) < config.data.batch_size:
+    where = config.data.path if config.data.name == "tfds" else f"data.name={config.data.name!r}"
+    raise BadInputError(f"{where}: the train split has {len(data.splits['train'])} examples, "
+                        f"fewer than one batch (data.batch_size={config.data.batch_size})")
   if config.model.text.enabled and data.vocab_size > config.model.text.vocab_size:
     raise config_lib.ConfigError(f"the tokenizer has {data.vocab_size} tokens but "
                                  f"model.text.vocab_size={config.model.text.vocab_size}")
