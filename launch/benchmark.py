@@ -1,12 +1,16 @@
 """Benchmarks, printed as tables and written as JSON.
 
-  python launch/benchmark.py {encoders,train,moe,data,all} [--json OUT] [--simulate_devices 8]
+  python launch/benchmark.py {encoders,train,moe,roofline,data,all} [--json OUT]
+      [--simulate_devices 8]
 
 `encoders`: our ViT-L/14 and BioGPT float32 forward (batch 1 and 8) against HF PyTorch with
 the same weights, and their FLOP/s as a fraction of a large float32 matmul's.
 `train`: compile time, step time, examples/s, memory and the share of the training loop
 outside compiled compute, for the tiny, small and full model sizes.
 `moe`: the MoE layer against a dense FFN with the same active FLOPs.
+`roofline`: the sample-granularity MoE layer's time as a share of its roofline: the bytes it
+must move at the memory bandwidth (a large copy / read) and its FLOPs at a large matmul's FLOP/s,
+both measured in the same run.
 `data`: records per second of data preparation and of the training input pipeline.
 Every comparison is taken in one process with interleaved repeats and medians; the README's
 Benchmarks section says what each figure means.
@@ -32,7 +36,7 @@ _FULL_BATCH = flags.DEFINE_integer("full_batch", None, "train: batch of the full
                                    "(default 2 on CPU, 32 on GPU).")
 _SHARED = flags.DEFINE_string("shared_data", os.path.join(ROOT, "..", "shared", "data"),
                               "The shared real-data folder (data benchmark).")
-BENCHMARKS = ("encoders", "train", "moe", "data")
+BENCHMARKS = ("encoders", "train", "moe", "roofline", "data")
 
 
 def main(argv):
@@ -42,7 +46,7 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_SIMULATE.value}")
   import jax   # after XLA_FLAGS is set
-  from medvlmoe_jax.benchmark import data, encoders, moe, train
+  from medvlmoe_jax.benchmark import data, encoders, moe, roofline, train
   dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
   rounds = lambda default: _ROUNDS.value or default
   chosen = BENCHMARKS if argv[1] == "all" else (argv[1],)
@@ -60,6 +64,9 @@ def main(argv):
     elif name == "moe":
       results[name] = moe.run(batch=_BATCH.value, dtype=dtype, rounds=rounds(7))
       print(moe.table(results[name]))
+    elif name == "roofline":
+      results[name] = roofline.run(batch=_BATCH.value, dtype=dtype, rounds=rounds(9))
+      print(roofline.table(results[name]))
     else:
       results[name] = data.run(os.path.abspath(_SHARED.value), batch_size=_BATCH.value)
       print(data.table(results[name]))

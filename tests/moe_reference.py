@@ -1,8 +1,10 @@
 """References the MoE tests compare against; never used in training.
 
 `naive_moe`: a deliberately naive MoE in NumPy, Python loops over tokens and experts, the
-executable specification of routing and dispatch. `grouped_capacity_reference`: the
-single-device twin of the expert-parallel dispatch, which the sharded one must equal.
+executable specification of routing and dispatch. `dense_moe` and `dense_layer`: every expert
+on every token, masked to the kept assignments, whose autodiff gradients the dispatchers'
+must equal. `grouped_capacity_reference`: the single-device twin of the expert-parallel
+dispatch, which the sharded one must equal.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medvlmoe_jax.moe import dispatch
+from medvlmoe_jax.moe import dispatch, routing
+from medvlmoe_jax.moe.experts import ExpertParams
 
 
 def _gelu(x):
@@ -88,3 +91,30 @@ def grouped_capacity_reference(params, x, expert_index, weights, valid, *, num_g
       lambda x, e, w, v: dispatch.dispatch(params, x, e, w, v, capacity, impl="slots"))(
           split(x), split(expert_index), split(weights), split(valid))
   return ys.reshape(x.shape), jnp.sum(dropped)
+
+
+def dense_moe(params, x, index, weights, kept):
+  """Every expert on every token, masked: the autodiff reference for the dispatchers."""
+  num_experts = params.w1.shape[0]
+  h = jax.nn.gelu(jnp.einsum("tw,kwh->tkh", x, params.w1) + params.b1, approximate=False)
+  out = jnp.einsum("tkh,khw->tkw", h, params.w2) + params.b2
+  gate = jnp.sum(jax.nn.one_hot(index, num_experts) * (weights * kept)[..., None], axis=1)
+  return jnp.einsum("tk,tkw->tw", gate, out)
+
+
+def dense_layer(params, x, valid, *, capacity_factor=None, num_groups=1, alpha=0.01):
+  """(y, load-balance loss) of a `SparseMoE`'s params (an nnx.State) through `dense_moe`,
+  with the capacity of each of `num_groups` contiguous token groups (the devices of an
+  expert-parallel run): differentiable like the layer."""
+  num_experts = params["w1"][...].shape[0]
+  probs = routing.router_probabilities(x, params["router"][...])
+  index, weights = routing.top_k_routing(probs, 2)
+  local = x.shape[0] // num_groups
+  capacity = (local if capacity_factor is None else
+              dispatch.compute_capacity(local, num_experts, 2, capacity_factor))
+  split = lambda a: a.reshape(num_groups, local, *a.shape[1:])
+  kept = jax.vmap(lambda i, v: dispatch.kept_within_capacity(
+      dispatch.expert_positions(i, v, num_experts)[0], v, capacity)[0])(split(index), split(valid))
+  experts = ExpertParams(*(params[n][...] for n in ("w1", "b1", "w2", "b2")))
+  y = dense_moe(experts, x, index, weights, kept.reshape(index.shape))
+  return y, routing.load_balance_loss(probs, index, valid, alpha)

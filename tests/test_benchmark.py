@@ -3,7 +3,7 @@
 
 from conftest import SHARED_DATA
 
-from medvlmoe_jax.benchmark import data, encoders, moe, train
+from medvlmoe_jax.benchmark import data, encoders, moe, roofline, train
 
 
 def test_moe_benchmark_reports_ratios():
@@ -14,6 +14,21 @@ def test_moe_benchmark_reports_ratios():
   for c in cases:
     assert c["dense_ms"] > 0 and c["moe_dropless_over_dense"] > 0
   assert "granularity" in moe.table(res)
+
+
+def test_roofline_benchmark_counts_bytes_and_reports_shares():
+  res = roofline.run(batch=8, dim=16, hidden=32, copy_mb=4, matmul_n=64, rounds=1)
+  # 8 vectors x top-2 reach all 8 experts: each expert's w1, b1, w2, b2 (width 2 x 16).
+  weights = 8 * (2 * 32 * 32 + 32 + 32) * 4
+  assert res["routing"]["experts_hit"] == 8 and res["routing"]["rows_needed"] == 16
+  cases = {(c["layer"], c["mode"]): c for c in res["cases"]}
+  assert cases["read", "moe_weights"]["bytes"] == weights
+  assert cases["moe", "forward"]["bytes"] == weights + 32 * 8 * 4 + 2 * 8 * 32 * 4
+  assert cases["moe", "train"]["bytes"] == 3 * weights + 3 * 32 * 8 * 4 + 4 * 8 * 32 * 4
+  assert cases["moe", "forward"]["flops"] == 2 * 8 * 32 * 8 + 16 * 4 * 32 * 32
+  assert all(c["share"] > 0 and c["roofline_share"] >= c["share"] for c in res["cases"])
+  assert min(res["bandwidth_gb_s"].values()) > 0 and res["matmul_gflop_s"] > 0
+  assert "roofline" in roofline.table(res)
 
 
 def test_analytic_encoder_flops_match_xla_cost_analysis():

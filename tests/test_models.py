@@ -108,6 +108,76 @@ def test_blocked_attention_equals_whole_batch(mask_shape):
     np.testing.assert_allclose(gb, gw, atol=1e-6)
 
 
+def attention_masks(rng, batch, lq, lk):
+  causal = np.tril(np.ones((lq, lk), bool))[None, None]
+  keys = np.ones((batch, lk), bool)
+  keys[1, 4:] = False
+  keys[2, :] = False                   # a row with every key masked attends uniformly
+  return {"none": None, "causal_padding": causal & keys[:, None, None, :],
+          "key_padding": keys[:, None, None, :],
+          "random": rng.random((batch, 1, lq, lk)) < 0.6}
+
+
+@pytest.mark.parametrize("mask_name", ["none", "causal_padding", "key_padding", "random"])
+def test_dot_product_attention_equals_blocked(mask_name):
+  """`jax.nn.dot_product_attention` (the accelerators' path, forced here on the CPU) gives
+  the CPU's blocked attention's values and gradients on (B, L, heads, head_dim) inputs."""
+  from medvlmoe_jax.models.layers import attend, force_attention
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(4, 6, 2, 8)), jnp.float32) for _ in range(3))
+  mask = attention_masks(rng, 4, 6, 6)[mask_name]
+  mask = None if mask is None else jnp.asarray(mask)
+
+  def run(impl):
+    with force_attention(impl):
+      f = lambda q, k, v: attend(q, k, v, mask)
+      grads = jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2))(q, k, v)
+      return f(q, k, v), grads
+
+  (out, grads), (ref, ref_grads) = run("xla"), run("blocked")
+  np.testing.assert_allclose(out, ref, atol=1e-6)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, atol=1e-6)
+
+
+def test_model_with_dot_product_attention_equals_blocked():
+  """The whole model (ViT self-attention, BioGPT causal + padding, the fusion's key padding)
+  gives the same logits and gradients through either attention path, float32."""
+  from flax import nnx
+  from medvlmoe_jax.models.layers import force_attention
+  graphdef, params = nnx.split(build_model(tiny_model_config()), nnx.Param)
+  image, ids, mask = inputs()
+
+  def run(impl):
+    with force_attention(impl):
+      loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(image, ids, mask)[0]))
+      return jax.jit(jax.value_and_grad(loss))(params)
+
+  (loss, grads), (ref, ref_grads) = run("xla"), run("blocked")
+  np.testing.assert_allclose(loss, ref, atol=1e-6)
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(g, r, atol=1e-6)
+
+
+def test_attention_implementation_per_backend(monkeypatch):
+  """Blocked on CPUs; cuDNN flash attention on GPUs for bf16/fp16 and the head widths it
+  takes (`implementation=None` would be XLA's path); XLA's path otherwise."""
+  from medvlmoe_jax.models import layers
+  assert layers.attention_implementation(jnp.float32, 64) == "blocked"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.attention_implementation(jnp.bfloat16, 64) == "cudnn"
+  assert layers.attention_implementation(jnp.float16, 128) == "cudnn"
+  assert layers.attention_implementation(jnp.float32, 64) == "xla"
+  assert layers.attention_implementation(jnp.bfloat16, 160) == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert layers.attention_implementation(jnp.bfloat16, 64) == "xla"
+  with layers.force_attention("blocked"):
+    assert layers.attention_implementation(jnp.bfloat16, 64) == "blocked"
+  with pytest.raises(ValueError, match="flash"):
+    with layers.force_attention("flash"):
+      pass
+
+
 @pytest.mark.slow
 def test_full_size_model_forward_batch_1():
   """ViT-L/14 + BioGPT + 8 experts: one forward pass on CPU; parameter counts printed."""

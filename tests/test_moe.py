@@ -1,4 +1,6 @@
-"""Routing, Top-2, the load-balance loss and both dispatchers against the naive reference."""
+"""Routing, Top-2, the load-balance loss and every dispatcher against the naive reference."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from medvlmoe_jax import config as config_lib
+from medvlmoe_jax.models.medvlmoe import abstract_model
 from medvlmoe_jax.moe import dispatch, grouped_matmul, routing
-from moe_reference import naive_moe
+from moe_reference import dense_layer, dense_moe, naive_moe
 from moe_layers import H, K, W, make_layer
+
+IMPLS = sorted(dispatch.IMPLS)      # blocks, cpu_kernel, ragged_dot, slots
 
 def reference(layer, x, valid=None, capacity=None):
   p = lambda v: np.asarray(v[...], np.float64)
@@ -89,7 +95,7 @@ def test_capacity_dispatch_matches_reference(capacity_factor):
     assert ref["dropped"] > 0           # the case really exercises dropping
 
 
-@pytest.mark.parametrize("impl", ["ragged", "blocked", "slots"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("num_tokens", [3, 40, 700])
 def test_all_dropless_implementations_match_reference(impl, num_tokens):
   layer, x = make_layer(), tokens(num_tokens)
@@ -128,9 +134,9 @@ def test_gradients_flow_to_router_and_experts():
     assert float(jnp.max(jnp.abs(grads[name][...]))) > 0, name
 
 
-@pytest.mark.parametrize("impl", ["slots", "blocked"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("capacity", [1, 3, 10])
-def test_both_capacity_implementations_match_reference(impl, capacity):
+def test_every_capacity_implementation_matches_reference(impl, capacity):
   layer, x = make_layer(), tokens()
   valid = np.arange(40) % 5 != 2
   index, weights = routing.top_k_routing(routing.router_probabilities(x, layer.router[...]), 2)
@@ -153,14 +159,14 @@ def test_slot_rows_serve_first_choices_first():
   assert int(dropped) == 1
 
 
-@pytest.mark.parametrize("impl", ["blocked", "slots"])
+@pytest.mark.parametrize("impl", ["blocks", "cpu_kernel", "slots"])
 def test_dropless_when_routing_collapses_onto_two_experts(impl):
   layer, x = make_layer(), tokens(64)
   index = jnp.tile(jnp.asarray([[3, 5]]), (64, 1)).at[0].set(jnp.asarray([5, 1]))
   weights = jnp.full((64, 2), 0.5)
   valid = jnp.ones(64, bool)
   y, _ = dispatch.dispatch(layer.experts(), x, index, weights, valid, impl=impl)
-  want, _ = dispatch.dispatch(layer.experts(), x, index, weights, valid, impl="ragged")
+  want, _ = dispatch.dispatch(layer.experts(), x, index, weights, valid, impl="ragged_dot")
   np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
@@ -182,16 +188,8 @@ def test_block_sizes_tile_every_segment():
       assert covered == list(range(5, 5 + size)), (num_rows, size)
 
 
-def dense_moe(params, x, index, weights, kept):
-  """Every expert on every token, masked: the autodiff reference for the dispatchers."""
-  h = jax.nn.gelu(jnp.einsum("tw,kwh->tkh", x, params.w1) + params.b1, approximate=False)
-  out = jnp.einsum("tkh,khw->tkw", h, params.w2) + params.b2
-  gate = jnp.sum(jax.nn.one_hot(index, K) * (weights * kept)[..., None], axis=1)
-  return jnp.einsum("tk,tkw->tw", gate, out)
-
-
-@pytest.mark.parametrize("mode", ["dropless/blocked", "dropless/ragged", "dropless/slots",
-                                  "capacity/blocked", "capacity/slots"])
+@pytest.mark.parametrize("mode", [f"{kind}/{impl}" for kind in ("dropless", "capacity")
+                                  for impl in IMPLS])
 @pytest.mark.parametrize("num_tokens", [3, 300])
 def test_gradients_match_autodiff_of_dense_reference(mode, num_tokens):
   layer, x = make_layer(), tokens(num_tokens)
@@ -213,3 +211,106 @@ def test_gradients_match_autodiff_of_dense_reference(mode, num_tokens):
   got, want = grad(fn), grad(lambda p, x, w: dense_moe(p, x, index, w, kept))
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_layer_with_each_dispatch_matches_references(impl, capacity_factor):
+  """`SparseMoE(dispatch=impl)`: output and drops as the naive reference, loss and gradients
+  (router and experts, through the routing weights) as autodiff of the dense reference."""
+  layer, x = make_layer(capacity_factor, dispatch=impl), tokens(96)
+  valid = jnp.asarray(np.arange(96) % 7 != 2)
+  graphdef, params = nnx.split(layer, nnx.Param)
+
+  def loss(layer_fn, p, x):
+    y, lb = layer_fn(p, x)
+    return jnp.sum(jnp.sin(3 * y)) + lb, y
+
+  def layer_fn(p, x):
+    y, aux = nnx.merge(graphdef, p)(x, valid)
+    return y, aux["load_balance_loss"]
+
+  ref_fn = lambda p, x: dense_layer(p, x, valid, capacity_factor=capacity_factor)
+  (got_loss, y), got = jax.value_and_grad(functools.partial(loss, layer_fn), (0, 1),
+                                          has_aux=True)(params, x)
+  (want_loss, _), want = jax.value_and_grad(functools.partial(loss, ref_fn), (0, 1),
+                                            has_aux=True)(params, x)
+  capacity = dispatch.compute_capacity(96, K, 2, capacity_factor)
+  ref = reference(layer, x, valid=np.asarray(valid), capacity=capacity)
+  np.testing.assert_allclose(np.asarray(y), ref["y"] * np.asarray(valid)[:, None], rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_block_size_bounds_padding_by_a_quarter_of_the_rows():
+  assert dispatch.block_size(6144, 8) == 128          # token granularity: 32 x 96 tokens, Top-2
+  assert dispatch.block_size(64, 8) == 8              # sample granularity: the smallest block
+  for rows in (1, 100, 1000, 10_000, 1_000_000):
+    block = dispatch.block_size(rows, 8)
+    assert 8 <= block <= 512 and block & (block - 1) == 0
+    assert block == 8 or 4 * 8 * block <= rows
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_block_count_holds_every_expert_split(block):
+  """The static block count covers the worst splits (an expert's partial block each) and
+  is reached."""
+  rng = np.random.default_rng(0)
+  for rows in (1, 5, 7, 8, 9, 64, 65, 200):
+    for capacity in (rows, max(1, rows // 3)):
+      bound = dispatch.block_count(rows, K, block, capacity)
+      splits = [np.minimum(rng.multinomial(rows, rng.dirichlet(np.full(K, a))), capacity)
+                for a in (0.1, 1.0, 10.0) for _ in range(50)]
+      for each in (1, block + 1):           # K-1 experts start a partial block, one takes the rest
+        head = np.full(K - 1, each)
+        splits.append(np.minimum(np.r_[head, max(0, rows - head.sum())], capacity))
+      filled = [np.sum(-(-c // block)) for c in splits if c.sum() <= rows]
+      assert max(filled) <= bound, (rows, capacity)
+      if capacity == rows:
+        assert max(filled) == bound, (rows, capacity)
+  assert dispatch.block_count(6144, 8, 128, 3072) == 48 + 7
+
+
+def test_blocks_hold_one_expert_each():
+  """Every kept assignment gets its own row, inside a block of its expert."""
+  layer, x = make_layer(), tokens(300)
+  index, _ = routing.top_k_routing(routing.router_probabilities(x, layer.router[...]), 2)
+  index = index.at[:100].set(jnp.asarray([3, 5]))            # a crowded pair of experts
+  valid = jnp.asarray(np.arange(300) % 7 != 2)
+  block = dispatch.block_size(600, K)
+  num_blocks = dispatch.block_count(600, K, block, 300)
+  position, kept, start, size, _ = dispatch.segments(index, valid, K, None, align=block)
+  rows = np.asarray(dispatch.segment_rows(index, position, kept, start, num_blocks * block))
+  kept_rows = rows[np.asarray(kept)]
+  assert len(set(kept_rows)) == kept_rows.size and kept_rows.max() < num_blocks * block
+  experts = np.asarray(dispatch.block_experts(size, block, num_blocks))
+  np.testing.assert_array_equal(experts[kept_rows // block], np.asarray(index)[np.asarray(kept)])
+
+
+def test_default_dispatch_per_backend():
+  small, large = jnp.zeros((32, 2), jnp.int32), jnp.zeros((3072, 2), jnp.int32)
+  for backend in ("gpu", "tpu"):
+    assert dispatch.default_impl(large, K, True, backend) == "blocks"
+    assert dispatch.default_impl(small, K, True, backend) == "slots"
+    assert dispatch.default_impl(large, K, False, backend) == "slots"
+  assert dispatch.default_impl(small, K, True, "cpu") == "slots"
+  assert dispatch.default_impl(large, K, True, "cpu") == "cpu_kernel"
+
+
+def test_config_key_chooses_the_dispatch():
+  c = config_lib.defaults()
+  assert c.model.moe.dispatch == "auto"
+  for name in ["auto"] + IMPLS:
+    c.model.moe.dispatch = name
+    config_lib.validate(c)
+  config_lib.apply_size(c, "tiny", "tiny", "tiny")
+  c.model.moe.dispatch = "blocks"
+  model, _, _ = abstract_model(c.model)           # the model hands the key to its MoE layer
+  assert model.moe.dispatch == "blocks"
+  c.model.moe.dispatch = "ragged"
+  with pytest.raises(config_lib.ConfigError, match="model.moe.dispatch"):
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match="ragged"):
+    make_layer(dispatch="ragged")

@@ -8,8 +8,10 @@ same number of steps. The share of the loop spent outside compiled compute is
 1 - compute / loop (JAX dispatches asynchronously, so the next batch is read while the step
 runs; a share near zero, or slightly negative from noise, means the host keeps up). Model
 FLOPs per step are those XLA counts for the compiled train step (forward, backward and
-optimizer; nothing is rematerialised); on a GPU they give the MFU against the device's
-dense bf16 peak.
+optimizer; on accelerators also the forward work that `model.remat` recomputes, so the
+"MFU" counts recomputation too); on a GPU they give the MFU against the device's dense bf16
+peak. XLA peak MB is the compile's buffer assignment (`medvlmoe_jax.benchmark.memory`
+measures the full step at batch 32 without running it).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ conversion is a renaming, not a reinterpretation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -62,6 +63,56 @@ def blocked_attention(q, k, v, mask, chunk_bytes: int | None = None):
   return out.reshape(q.shape[:3] + (v.shape[-1],))
 
 
+ATTENTION_IMPLEMENTATIONS = ("blocked", "xla", "cudnn")
+_forced_attention: str | None = None
+
+
+@contextlib.contextmanager
+def force_attention(implementation: str):
+  """Trace attention with `implementation` whatever the backend (tests, and the memory
+  benchmark's accelerator path on a CPU). It acts at tracing: a function jit has already
+  traced keeps the implementation it was traced with."""
+  global _forced_attention
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {implementation!r} is not one of "
+                     f"{ATTENTION_IMPLEMENTATIONS}")
+  previous, _forced_attention = _forced_attention, implementation
+  try:
+    yield
+  finally:
+    _forced_attention = previous
+
+
+def attention_implementation(dtype, head_dim: int) -> str:
+  """'blocked' on CPUs (faster there than `jax.nn.dot_product_attention`'s XLA path, see
+  `blocked_attention`); cuDNN's fused flash attention on GPUs where it applies (bf16/fp16,
+  head_dim a multiple of 8 up to 128: `implementation=None` would pick XLA's path, JAX
+  0.10); `jax.nn.dot_product_attention`'s XLA path elsewhere."""
+  if _forced_attention is not None:
+    return _forced_attention
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "blocked"
+  if (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return "cudnn"
+  return "xla"
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """softmax(q k^T) v on (B, L, heads, head_dim) arrays, q already scaled; `mask` as in
+  `Attention`. Every implementation keeps logits and softmax in float32, and a query row
+  with every key masked attends uniformly."""
+  impl = attention_implementation(q.dtype, q.shape[-1])
+  if impl == "blocked":
+    heads_first = lambda t: t.transpose(0, 2, 1, 3)
+    out = blocked_attention(heads_first(q), heads_first(k), heads_first(v), mask)
+    return heads_first(out)
+  if mask is not None and impl == "cudnn":   # cuDNN takes the mask as a (B, 1, Lq, Lk) bias
+    mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation=impl)
+
+
 class Attention(nnx.Module):
   """Multi-head attention with separate q/k/v/out projections (HF layout).
 
@@ -85,10 +136,10 @@ class Attention(nnx.Module):
     kv = x if kv is None else kv
     batch, q_len, width = x.shape
     head_dim = width // self.heads
-    heads_first = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, head_dim).transpose(0, 2, 1, 3)
-    q = heads_first(self.q_proj(x)) * (1.0 / math.sqrt(head_dim))
-    out = blocked_attention(q, heads_first(self.k_proj(kv)), heads_first(self.v_proj(kv)), mask)
-    return self.out_proj(out.transpose(0, 2, 1, 3).reshape(batch, q_len, width))
+    split_heads = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, head_dim)
+    q = split_heads(self.q_proj(x)) * (1.0 / math.sqrt(head_dim))
+    out = attend(q, split_heads(self.k_proj(kv)), split_heads(self.v_proj(kv)), mask)
+    return self.out_proj(out.reshape(batch, q_len, width))
 
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:

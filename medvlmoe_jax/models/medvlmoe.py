@@ -45,14 +45,15 @@ class MedVLMoE(nnx.Module):
     self.residual = cfg.moe.residual or self.granularity == "token"
     d = cfg.fusion.dim
 
-    self.vision = CLIPVisionTransformer(cfg.vision, dtype=dtype, rngs=rngs)
+    remat = cfg.get("remat", "none")   # absent from configs saved before it existed
+    self.vision = CLIPVisionTransformer(cfg.vision, dtype=dtype, rngs=rngs, remat=remat)
     if self.vision_only:
       self.classifier = dense(cfg.vision.width, cfg.num_classes, dtype=dtype, rngs=rngs)
       return
     num_patches = (cfg.vision.image_size // cfg.vision.patch_size) ** 2
     self.vision_proj = StreamProjection(cfg.vision.width, d, num_patches + 1, dtype=dtype, rngs=rngs)
     if self.use_text:
-      self.text = BioGpt(cfg.text, dtype=dtype, rngs=rngs)
+      self.text = BioGpt(cfg.text, dtype=dtype, rngs=rngs, remat=remat)
       self.text_proj = StreamProjection(cfg.text.width, d, cfg.fusion.max_text_len,
                                         dtype=dtype, rngs=rngs)
     if self.use_fusion:
@@ -66,7 +67,8 @@ class MedVLMoE(nnx.Module):
     if cfg.moe.enabled:
       self.moe = SparseMoE(moe_width, cfg.moe.hidden, num_experts=cfg.moe.num_experts,
                            top_k=cfg.moe.top_k, capacity_factor=cfg.moe.capacity_factor,
-                           alpha=cfg.moe.alpha, dtype=dtype, rngs=rngs)
+                           alpha=cfg.moe.alpha, dtype=dtype, rngs=rngs,
+                           dispatch=cfg.moe.get("dispatch", "auto"))
     else:
       self.moe = DenseFFN(moe_width, cfg.moe.hidden * cfg.moe.top_k, dtype=dtype, rngs=rngs)
     self.moe_norm = layer_norm(moe_width, eps=1e-5, dtype=dtype, rngs=rngs) if self.residual else None

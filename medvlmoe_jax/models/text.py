@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medvlmoe_jax.models.layers import Attention, embedding_table, layer_norm
-from medvlmoe_jax.nn import MLP
+from medvlmoe_jax.nn import MLP, check_remat, remat as rematerialise
 
 POSITION_OFFSET = 2  # BioGPT (fairseq) reserves the first two position rows.
 
@@ -32,11 +32,13 @@ class BioGpt(nnx.Module):
   """Scaled token embeddings + learned positions (offset 2, from the attention mask).
 
   LayerNorm eps is 1e-5 as in the torch modules (HF's config field says 1e-12 but the
-  modules never read it).
+  modules never read it). `remat` is a `model.remat` policy applied to each layer
+  (`medvlmoe_jax.nn.remat`).
   """
 
-  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, remat: str = "none"):
     self.dtype = dtype
+    self.remat = check_remat(remat)
     self.embed_scale = math.sqrt(cfg.width) if cfg.scale_embedding else 1.0
     self.embed_tokens = embedding_table(cfg.vocab_size, cfg.width, rngs)
     self.embed_positions = embedding_table(cfg.max_positions + POSITION_OFFSET, cfg.width, rngs)
@@ -55,6 +57,7 @@ class BioGpt(nnx.Module):
     length = input_ids.shape[1]
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     mask = causal[None, None] & (attention_mask[:, None, None, :] > 0)
+    block = rematerialise(lambda layer, x, mask: layer(x, mask), self.remat)
     for layer in self.layers:
-      x = layer(x, mask)
+      x = block(layer, x, mask)
     return self.layer_norm(x)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medvlmoe_jax.models.layers import Attention, embedding_table, layer_norm
-from medvlmoe_jax.nn import MLP
+from medvlmoe_jax.nn import MLP, check_remat, remat as rematerialise
 
 
 class CLIPEncoderLayer(nnx.Module):
@@ -28,15 +28,17 @@ class CLIPVisionTransformer(nnx.Module):
   """Patch conv (no bias), class token, learned positions, pre_layrnorm, blocks, post_layernorm.
 
   `__call__` returns HF's `last_hidden_state` (before `post_layernorm`); the model applies
-  `post_layernorm` to every token, so that `V[:, 0]` is HF's `pooler_output`.
+  `post_layernorm` to every token, so that `V[:, 0]` is HF's `pooler_output`. `remat` is a
+  `model.remat` policy applied to each block (`medvlmoe_jax.nn.remat`).
   """
 
-  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, remat: str = "none"):
     width, patch = cfg.width, cfg.patch_size
     if cfg.image_size % patch:
       raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {patch}")
     self.num_patches = (cfg.image_size // patch) ** 2
     self.dtype = dtype
+    self.remat = check_remat(remat)
     self.patch_embedding = nnx.Conv(
         cfg.channels, width, kernel_size=(patch, patch), strides=(patch, patch),
         padding="VALID", use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
@@ -59,8 +61,9 @@ class CLIPVisionTransformer(nnx.Module):
     cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (batch, 1, patches.shape[-1]))
     x = jnp.concatenate([cls, patches], axis=1) + self.position_embedding[...].astype(self.dtype)
     x = self.pre_layrnorm(x)
+    block = rematerialise(lambda layer, x: layer(x), self.remat)
     for layer in self.layers:
-      x = layer(x)
+      x = block(layer, x)
     return x
 
   def pooled(self, hidden: jax.Array) -> jax.Array:

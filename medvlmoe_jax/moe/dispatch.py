@@ -4,9 +4,12 @@ Each computed (token, choice) assignment gets a row of an expert-major buffer an
 move by index: a gather into the rows, a gather of the outputs back, weighted by the routing
 weights (GShard's one-hot dispatch/combine einsums cost O(T K C w) instead). A capacity C
 serves the first choices of all tokens before any second choice and drops (counts, zeroes)
-assignments past C; capacity None is dropless. The implementations (`IMPLS`) differ only in
-the row layout: (K, C, w) slot buffers ('slots'), or contiguous per-expert segments through
-`jax.lax.ragged_dot` ('ragged', accelerators) or the CPU kernel `grouped_matmul` ('blocked').
+assignments past C; capacity None is dropless. The implementations (`IMPLS`, config key
+`model.moe.dispatch`) differ only in the row layout and how the experts meet their rows:
+(K, C, w) slot buffers through one batched einsum ('slots'); or contiguous per-expert
+segments, through `jax.lax.ragged_dot` ('ragged_dot'), the CPU kernel `grouped_matmul`
+('cpu_kernel'), or padded to whole blocks of B rows that one batched einsum runs, each block
+with its expert's weights ('blocks': MegaBlocks' layout in plain XLA ops).
 """
 
 from __future__ import annotations
@@ -134,41 +137,115 @@ def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int |
                         *operands)
 
 
-def grouped(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
-            *, limit=None, kernel: str):
-  """(y, dropped) with the kept rows in one contiguous segment per expert, through
-  `jax.lax.ragged_dot` ('ragged'; on CPU it multiplies every row by every group's weights) or
-  `grouped_matmul` ('blocked'; each segment padded to a multiple of its smallest block).
+def segments(expert_index: jax.Array, valid: jax.Array, num_experts: int, capacity: int | None,
+             limit=None, align: int = 1):
+  """The kept assignments as contiguous per-expert segments, each padded to a multiple of
+  `align` rows: (rank in its segment (T, k), kept (T, k), start (K,), size (K,), dropped).
   Dropless is capacity T: an expert is chosen at most once per token."""
-  num_tokens, k = expert_index.shape
-  num_experts = params.w1.shape[0]
-  params = ExpertParams(*(p.astype(x.dtype) for p in params))
   position, count = expert_positions(expert_index, valid, num_experts)
-  capacity = num_tokens if capacity is None else capacity
+  capacity = expert_index.shape[0] if capacity is None else capacity
   capacity = capacity if limit is None else limit
   kept, dropped = kept_within_capacity(position, valid, capacity)
-  count = jnp.minimum(count, capacity)
-  if kernel == "blocked":
-    sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
-    size = (count + sizes[-1] - 1) // sizes[-1] * sizes[-1]
-    num_rows = max(num_tokens * k + num_experts * (sizes[-1] - 1), sizes[0])
-  else:
-    size, num_rows = count, num_tokens * k
-  start = jnp.cumsum(size) - size
-  rows = jnp.where(kept, start[expert_index] + position, num_rows)
-  xs = tokens_to_rows(x, rows, num_rows)
-  if kernel == "blocked":
-    ys = grouped_matmul.grouped_mlp(params, xs, start, size, sizes)
-  else:
-    row_expert = jnp.searchsorted(jnp.cumsum(count), jnp.arange(num_rows), side="right")
-    row_expert = jnp.minimum(row_expert, num_experts - 1)  # rows past the groups: unused
-    ys = expert_mlp(params, xs, dot=lambda a, w: jax.lax.ragged_dot(a, w, count),
-                    bias=lambda b: b[row_expert])
+  size = (jnp.minimum(count, capacity) + align - 1) // align * align
+  return position, kept, jnp.cumsum(size) - size, size, dropped
+
+
+def segment_rows(expert_index, position, kept, start, num_rows: int) -> jax.Array:
+  """Row of each assignment in the segments; row `num_rows` (out of range) if not kept."""
+  return jnp.where(kept, start[expert_index] + position, num_rows)
+
+
+def ragged_dot(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
+               *, limit=None):
+  """(y, dropped) through `jax.lax.ragged_dot` on the segments. Its default lowering, on CPU
+  and on GPU, multiplies every row by every expert's weights (K x the FLOPs): see
+  benchmark/moe.py."""
+  num_tokens, k = expert_index.shape
+  num_experts = params.w1.shape[0]
+  position, kept, start, size, dropped = segments(expert_index, valid, num_experts, capacity,
+                                                  limit)
+  rows = segment_rows(expert_index, position, kept, start, num_tokens * k)
+  row_expert = jnp.searchsorted(jnp.cumsum(size), jnp.arange(num_tokens * k), side="right")
+  row_expert = jnp.minimum(row_expert, num_experts - 1)    # rows past the segments: unused
+  ys = expert_mlp(params, tokens_to_rows(x, rows, num_tokens * k),
+                  dot=lambda a, w: jax.lax.ragged_dot(a, w, size), bias=lambda b: b[row_expert])
   return rows_to_tokens(ys, rows, weights), dropped
 
 
-IMPLS = {"slots": slots, "ragged": functools.partial(grouped, kernel="ragged"),
-         "blocked": functools.partial(grouped, kernel="blocked")}
+def cpu_kernel(params: ExpertParams, x, expert_index, weights, valid,
+               capacity: int | None = None, *, limit=None):
+  """(y, dropped) through the CPU kernel `grouped_matmul.grouped_mlp`, each segment padded to
+  a multiple of its smallest block."""
+  num_tokens, k = expert_index.shape
+  num_experts = params.w1.shape[0]
+  params = ExpertParams(*(p.astype(x.dtype) for p in params))
+  sizes = grouped_matmul.block_sizes(num_tokens * k, num_experts)
+  position, kept, start, size, dropped = segments(expert_index, valid, num_experts, capacity,
+                                                  limit, sizes[-1])
+  num_rows = max(num_tokens * k + num_experts * (sizes[-1] - 1), sizes[0])
+  rows = segment_rows(expert_index, position, kept, start, num_rows)
+  ys = grouped_matmul.grouped_mlp(params, tokens_to_rows(x, rows, num_rows), start, size, sizes)
+  return rows_to_tokens(ys, rows, weights), dropped
+
+
+def block_size(num_rows: int, num_experts: int) -> int:
+  """Rows per block B: the largest power of two in [8, 512] with K * B <= num_rows / 4.
+
+  Each block costs a copy of its expert's weights (w h elements, against 2 B w h FLOPs) and
+  padding costs < K blocks: B trades the two. K * B <= rows / 4 bounds the padded rows by
+  1.25 x the assignments (6144 assignments of 8 experts: B = 128, <= 1.17 x)."""
+  block = 8
+  while block < 512 and 2 * block * num_experts * 4 <= num_rows:
+    block *= 2
+  return block
+
+
+def block_count(num_rows: int, num_experts: int, block: int, capacity: int) -> int:
+  """The most blocks that `num_rows` assignments fill, each expert's segment padded to whole
+  blocks (a static bound): min(K, rows) experts each start a block with one row and the other
+  rows fill whole blocks, so <= min(K, rows) + (rows - min(K, rows)) // B (<= ceil(rows / B)
+  + K - 1); and <= K ceil(capacity / B)."""
+  started = min(num_experts, num_rows)
+  return max(1, min(started + (num_rows - started) // block,
+                    num_experts * -(-capacity // block)))
+
+
+def block_experts(size: jax.Array, block: int, num_blocks: int) -> jax.Array:
+  """The expert of each block of the padded segments `size` (K,); blocks past the last
+  segment (which no token reads) get the last expert."""
+  ends = jnp.cumsum(size) // block
+  return jnp.minimum(jnp.searchsorted(ends, jnp.arange(num_blocks), side="right"),
+                     size.shape[0] - 1)
+
+
+def blocks(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
+           *, limit=None):
+  """(y, dropped) with each expert's segment padded to whole blocks of B rows and the blocks,
+  (num_blocks, B, w), through one batched einsum with each block's expert weights gathered
+  (MegaBlocks' layout in plain XLA ops): the kept rows plus < K B rows of padding on any
+  backend, all in parallel, and XLA counts its FLOPs as they are. A batched dot takes one
+  weight matrix per batch element, so the gather copies (num_blocks, w, h) weights; measured
+  on CPU at token granularity, a loop over blocks slicing the weights in place has no copy
+  and a ~1.5x faster forward pass (training: the same), but runs the blocks one after
+  another (on a GPU, kernel launches per block) and cost analysis counts one block (the
+  'cpu_kernel' is that loop, tuned for CPU); unrolled chunks of blocks kept every chunk's
+  copy. The backward pass is autodiff: batched einsums, and the per-block weight gradients
+  summed into their experts (the gather's transpose)."""
+  num_tokens, k = expert_index.shape
+  num_experts = params.w1.shape[0]
+  block = block_size(num_tokens * k, num_experts)
+  num_blocks = block_count(num_tokens * k, num_experts, block,
+                           num_tokens if capacity is None else capacity)
+  position, kept, start, size, dropped = segments(expert_index, valid, num_experts, capacity,
+                                                  limit, block)
+  rows = segment_rows(expert_index, position, kept, start, num_blocks * block)
+  xs = tokens_to_rows(x, rows, num_blocks * block).reshape(num_blocks, block, -1)
+  index = block_experts(size, block, num_blocks)
+  ys = expert_mlp(ExpertParams(*(p.astype(x.dtype)[index] for p in params)), xs)
+  return rows_to_tokens(ys.reshape(num_blocks * block, -1), rows, weights), dropped
+
+
+IMPLS = {"slots": slots, "blocks": blocks, "ragged_dot": ragged_dot, "cpu_kernel": cpu_kernel}
 
 # On CPU, up to this many rows per expert (top_k * tokens / K) the experts' time is spent
 # reading weights: slicing one expert's weights costs as much as its matmuls, and the batched
@@ -178,17 +255,28 @@ SMALL_ROWS_PER_EXPERT = 32
 
 def default_impl(expert_index: jax.Array, num_experts: int, dropless: bool,
                  backend: str | None = None) -> str:
-  """Accelerators: 'ragged' dropless, 'slots' with a capacity. CPU: 'slots' for small inputs,
-  else the 'blocked' kernel (with a capacity on the kept rows: it computes no empty slot)."""
+  """`model.moe.dispatch = auto`. Accelerators: 'blocks' dropless, since `ragged_dot`'s
+  default lowering (CPU and GPU) is a dense dot of every row with every expert: at token
+  granularity (3072 tokens) `benchmark.py moe` counts 7.8 x the active FLOPs for
+  'ragged_dot' on CPU, 1.15 x for 'blocks'; 'slots' with a capacity (K C rows, weights read
+  in place). Small inputs (<= SMALL_ROWS_PER_EXPERT rows per expert, e.g. sample granularity)
+  take 'slots' on every backend: reading each expert's weights once dominates there, and
+  'blocks' copies them per block (CPU: 4.9 x slower than 'slots' at 32 examples; not yet
+  measured on a GPU). CPU, larger inputs: 'cpu_kernel' (with a capacity on the kept rows: it
+  computes no empty slot), the fastest there in the same benchmark."""
+  if expert_index.size / num_experts <= SMALL_ROWS_PER_EXPERT:
+    return "slots"
   if (backend or jax.default_backend()) != "cpu":
-    return "ragged" if dropless else "slots"
-  return "slots" if expert_index.size / num_experts <= SMALL_ROWS_PER_EXPERT else "blocked"
+    return "blocks" if dropless else "slots"
+  return "cpu_kernel"
 
 
 def dispatch(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
              impl: str | None = None, backend: str | None = None, limit=None):
   """(y, dropped) on one device: at most `capacity` assignments per expert (None: dropless;
-  `limit`: a run-time capacity <= capacity), through `IMPLS[impl]` (default: `default_impl`)."""
-  impl = impl or default_impl(expert_index, params.w1.shape[0], capacity is None, backend)
+  `limit`: a run-time capacity <= capacity), through `IMPLS[impl]` (None or 'auto':
+  `default_impl`)."""
+  if impl in (None, "auto"):
+    impl = default_impl(expert_index, params.w1.shape[0], capacity is None, backend)
   return IMPLS[impl](params, x, expert_index, weights, valid, capacity, limit=limit)
 

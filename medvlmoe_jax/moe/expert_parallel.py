@@ -7,7 +7,7 @@ sends each device the slots of its own experts from every device in its 'data' r
 local experts run, and a second `all_to_all` brings the outputs back to be combined (GShard /
 V-MoE). Dropless, C is picked at run time from the fullest expert on any device, so that all
 devices take the same branch, as all_to_all needs. With E = 1 nothing needs to move, and the
-single-device dropless dispatcher runs on the local tokens.
+single-device dispatcher (`impl`, `model.moe.dispatch`) runs on the local tokens.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from medvlmoe_jax.sharding import AXES
 
 
 def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, valid,
-                             counted=None, *, capacity_factor: float | None, mesh=None):
+                             counted=None, *, capacity_factor: float | None, mesh=None,
+                             impl: str | None = None):
   """(y (T, w), dropped) for tokens split over the mesh's ('data', 'expert'): a
-  `dispatch.Dispatcher` once capacity_factor and mesh are bound."""
+  `dispatch.Dispatcher` once capacity_factor and mesh are bound. `impl` runs the local
+  tokens when the expert axis has size 1 (see `dispatch.dispatch`); across devices tokens
+  travel in slot buffers."""
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
   n_expert = mesh.shape["expert"]
@@ -43,15 +46,16 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
     return out.reshape(num_experts, *out.shape[2:])
 
   def local(params, x, expert_index, weights, valid, counted):
-    if capacity_factor is None and n_expert == 1:
-      # Weights made varying over 'data' like the tokens, as the blocked CPU kernel's loop
-      # carries and custom VJP need; the transpose of the cast sums their gradients.
+    capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
+    # Each device is a capacity group: its own counted tokens.
+    limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
+    if n_expert == 1:
+      # Weights made varying over 'data' like the tokens, as the CPU kernel's loop carries
+      # and custom VJP need; the transpose of the cast sums their gradients.
       params = jax.tree.map(lambda p: jax.lax.pcast(p, "data", to="varying"), params)
-      y, dropped = dispatch.dispatch(params, x, expert_index, weights, valid)
+      y, dropped = dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl,
+                                     limit=limit)
     else:
-      capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
-      # Each device is a capacity group: its own counted tokens.
-      limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
       y, dropped = dispatch.slots(params, x, expert_index, weights, valid, capacity,
                                   limit=limit, run=run, num_experts=num_experts,
                                   fullest=lambda n: jax.lax.pmax(n, AXES))

@@ -1,9 +1,10 @@
 """The experts' MLP on expert-major rows, as loops over row blocks (`experts.expert_mlp` per
-block) with a hand-written backward pass: the CPU kernel of the 'blocked' dispatch.
+block) with a hand-written backward pass: the 'cpu_kernel' dispatch.
 
-`jax.lax.ragged_dot` on CPU multiplies every row by every group's weights. Here the rows of
-expert e are the segment [start[e], start[e] + size[e]) of the buffer, `size[e]` a multiple of
-the smallest block size. The segment is cut into power-of-two blocks: as many of the largest
+`jax.lax.ragged_dot` on CPU multiplies every row by every group's weights, and 'blocks'
+copies each block's expert weights: on CPU, a loop is faster. Here the rows of expert e are
+the segment [start[e], start[e] + size[e]) of the buffer, `size[e]` a multiple of the
+smallest block size. The segment is cut into power-of-two blocks: as many of the largest
 size as fit, then at most one of each smaller size (the binary digits of the rest), so that
 most rows go through large, efficient matmuls while padding stays below K x the smallest
 block. The outer loop runs over experts so that each expert's weights are sliced once, and

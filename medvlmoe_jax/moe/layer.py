@@ -16,11 +16,14 @@ from medvlmoe_jax.moe.experts import ExpertParams
 def make_dispatcher(capacity_factor: float | None, mesh=None, impl: str | None = None,
                     backend: str | None = None) -> dispatch.Dispatcher:
   """Expert-parallel (`shard_map` + `all_to_all`) under a mesh of more than one device, else
-  `dispatch.dispatch` with the GShard capacity for the number of tokens (`impl`, `backend`:
-  see `dispatch.default_impl`)."""
+  `dispatch.dispatch` with the GShard capacity for the number of tokens. `impl`: one of
+  `dispatch.IMPLS` or 'auto'/None (`dispatch.default_impl`, for `backend`)."""
+  if impl not in (None, "auto") and impl not in dispatch.IMPLS:
+    raise ValueError(f"model.moe.dispatch={impl!r} is not 'auto' or one of "
+                     f"{sorted(dispatch.IMPLS)}")
   if mesh is not None and not mesh.empty and mesh.size > 1:
     return functools.partial(expert_parallel.dispatch_expert_parallel,
-                             capacity_factor=capacity_factor, mesh=mesh)
+                             capacity_factor=capacity_factor, mesh=mesh, impl=impl)
 
   def single_device(params, x, expert_index, weights, valid, counted=None):
     num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
@@ -38,16 +41,19 @@ class SparseMoE(nnx.Module):
   of that axis: traced under a mesh of more than one device (`jax.set_mesh`), dispatch runs
   in `shard_map` with `all_to_all` (see `make_dispatcher`). `__call__` takes tokens (T, w)
   and a validity mask (T,) and returns (y, aux) where aux holds the load-balance loss, the
-  dropped-assignment count and the routing decisions for analysis.
+  dropped-assignment count and the routing decisions for analysis. `dispatch`: the
+  implementation, `model.moe.dispatch` ('auto' or one of `dispatch.IMPLS`).
   """
 
   def __init__(self, width: int, hidden: int, *, num_experts: int = 8, top_k: int = 2,
                capacity_factor: float | None = None, alpha: float = 0.01, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               dispatch: str = "auto", rngs: nnx.Rngs):
     if not 1 <= top_k <= num_experts:
       raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
     self.num_experts, self.top_k = num_experts, top_k
     self.capacity_factor, self.alpha, self.dtype = capacity_factor, alpha, dtype
+    make_dispatcher(capacity_factor, impl=dispatch)     # reject an unknown name now
+    self.dispatch = dispatch
     key = lambda: rngs.params()
     self.router = nnx.Param(INIT(key(), (width, num_experts), jnp.float32))
     self.w1 = nnx.Param(INIT(key(), (num_experts, width, hidden), jnp.float32))
@@ -65,7 +71,8 @@ class SparseMoE(nnx.Module):
     valid = jnp.ones(x.shape[0], bool) if valid is None else valid.astype(bool)
     probs = routing.router_probabilities(x, self.router[...])
     expert_index, weights = routing.top_k_routing(probs, self.top_k)
-    dispatcher = make_dispatcher(self.capacity_factor, jax.sharding.get_abstract_mesh())
+    dispatcher = make_dispatcher(self.capacity_factor, jax.sharding.get_abstract_mesh(),
+                                 self.dispatch)
     y, dropped = dispatcher(self.experts(), x.astype(self.dtype), expert_index, weights, valid,
                             counted)
     aux = {

@@ -151,7 +151,11 @@ def write_summary(exp: Experiment, workdir: str) -> dict:
 def train(exp: Experiment, workdir: str, validate: Callable[[object], float | None],
           writer: MetricWriter | None = None) -> dict:
   """The loop; `validate(params)` gives the validation mean AUC that early stopping and the
-  best checkpoint go by. Returns the trainer record (best_step, best_auc, ...)."""
+  best checkpoint go by. Returns the trainer record (best_step, best_auc, ...).
+
+  Between log steps nothing is read back from the devices (tests/test_host_transfers.py), so
+  the host dispatches step after step without waiting for any: the metrics stay on the
+  devices until a log or evaluation step fetches them all at once."""
   config = exp.config
   train_fn = jit_train_step(exp.graphdef, exp.tx, config.data.task, exp.schedules, exp.mesh,
                             exp.state_shardings)
@@ -183,6 +187,8 @@ def train(exp: Experiment, workdir: str, validate: Callable[[object], float | No
     pending.append((step, m))
     bar.update(1)
     is_eval = step % eval_every == 0 or step == exp.total_steps
+    # Metrics come to the host only here: every log_every steps and at every evaluation step,
+    # which writes a checkpoint after the losses are checked, so none holds an unchecked state.
     if step % log_every == 0 or is_eval:
       host = jax.device_get(pending)
       rows = [dict({k: np.asarray(v, np.float64) for k, v in mm.items()}, step=s) for s, mm in host]
