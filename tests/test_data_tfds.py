@@ -252,6 +252,7 @@ def test_every_config_file_is_valid(path):
     assert full.model.dtype == "bfloat16" and full.model.fusion.dim == 512
 
 
+@pytest.mark.slow   # prep, train and eval in a fresh interpreter (CI's `pytest -m slow`)
 def test_prep_train_and_evaluate_without_tensorflow(tmp_path):
   """Building, one training step and the evaluation never import TensorFlow (were it
   installed, TFDS would import it lazily only for what the project avoids)."""

@@ -13,6 +13,7 @@ from conftest import ROOT
 from test_metric_writer import read_summaries
 
 
+@pytest.mark.slow   # the whole demo, as the README runs it (CI's `pytest -m slow`)
 def test_demo_trains_and_eval_reproduces(tmp_path):
   workdir = str(tmp_path / "demo")
   env = dict(os.environ, PYTHONPATH=ROOT)

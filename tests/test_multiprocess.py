@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 from medvlmoe_jax.train.metric_writer import read_metrics
@@ -27,6 +29,7 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == "train"}
 
 
+@pytest.mark.slow   # three training processes (CI's `pytest -m slow`)
 def test_two_processes_match_one_process(tmp_path):
   base = dict(os.environ, PYTHONPATH=ROOT)
   one = str(tmp_path / "one")

@@ -180,6 +180,7 @@ def _losses(workdir):
   return losses
 
 
+@pytest.mark.slow   # two training runs in subprocesses (CI's `pytest -m slow`)
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   """A run killed after step N's checkpoint and restarted logs the same losses after N."""
   env = dict(os.environ, PYTHONPATH=ROOT)

@@ -62,6 +62,7 @@ def test_sharded_model_with_capacity_counts_drops(config, granularity):
   assert np.isfinite(loss) and int(stats["dropped_tokens"]) > 0
 
 
+@pytest.mark.slow   # whole training runs on the mesh (CI's `pytest -m slow`)
 def test_20_training_steps_follow_the_single_device_curve(config):
   curves = {}
   for shape in ((1, 1), (1, 8)):
@@ -77,6 +78,7 @@ def test_20_training_steps_follow_the_single_device_curve(config):
   np.testing.assert_allclose(curves[(1, 8)], curves[(1, 1)], atol=1e-4)
 
 
+@pytest.mark.slow   # whole training runs on the mesh (CI's `pytest -m slow`)
 def test_restore_onto_a_different_mesh_is_bit_identical(config, tmp_path):
   exp8 = experiment(config, (1, 8))
   train_fn, _ = exp8.jitted()
@@ -100,6 +102,7 @@ def test_restore_onto_a_different_mesh_is_bit_identical(config, tmp_path):
     fn(restored, sharding.put_batch(next(it), target.mesh))
 
 
+@pytest.mark.slow   # whole training runs on the mesh (CI's `pytest -m slow`)
 def test_trainer_on_a_mesh_writes_the_summary(config, tmp_path, capsys):
   config.mesh.data, config.mesh.expert = 2, 4
   config.train.epochs = 1
