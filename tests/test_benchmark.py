@@ -3,7 +3,7 @@
 
 from conftest import SHARED_DATA
 
-from medvlmoe_jax.benchmark import data, encoders, moe, roofline, train
+from medvlmoe_jax.benchmark import data, encoders, flops, moe, roofline, train
 
 
 def test_moe_benchmark_reports_ratios():
@@ -84,7 +84,10 @@ def test_train_benchmark_tiny(demo_config):
   # compute round), so only its structural bound is asserted: both timings positive.
   assert r["compute_step_ms"] > 0 and r["loop_step_ms"] > 0
   assert r["outside_compute_share"] < 1
-  assert r["model_gflop_per_step"] > 0
+  # MFU's numerator is the analytic count; XLA's stays beside it for reference.
+  config = train.size_config(demo_config, "tiny", batch=demo_config.data.batch_size)
+  assert r["model_gflop_per_step"] == flops.train_step_flops(config) / 1e9 > 0
+  assert r["xla_gflop_per_step"] > 0
   assert "tiny" in train.table(res)
 
 

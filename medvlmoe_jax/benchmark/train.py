@@ -6,12 +6,17 @@ a batch already on the device ("compute"), and the training loop as `trainer.py`
 (next batch from the Grain iterator, `put_batch`, step, metrics kept on the device) over the
 same number of steps. The share of the loop spent outside compiled compute is
 1 - compute / loop (JAX dispatches asynchronously, so the next batch is read while the step
-runs; a share near zero, or slightly negative from noise, means the host keeps up). Model
-FLOPs per step are those XLA counts for the compiled train step (forward, backward and
-optimizer; on accelerators also the forward work that `model.remat` recomputes, so the
-"MFU" counts recomputation too); on a GPU they give the MFU against the device's dense bf16
-peak. XLA peak MB is the compile's buffer assignment (`medvlmoe_jax.benchmark.memory`
-measures the full step at batch 32 without running it).
+runs; a share near zero, or slightly negative from noise, means the host keeps up).
+
+Model FLOPs per step (`model_gflop_per_step`) are the analytic count of `benchmark/flops.py`:
+3 x the forward matmuls, top_k experts per routed row, no remat recomputation, no optimizer.
+Achieved GFLOP/s and MFU use it: MFU = model FLOPs / (compute time x devices x the device's
+dense bf16 peak), for bfloat16 runs on a device listed in `DENSE_BF16_PEAK`. XLA's count for
+the compiled step (`xla_gflop_per_step`) is kept for reference only: it adds the optimizer,
+remat recomputation, elementwise work and whatever the MoE dispatch pads or expands (empty
+slots, `lax.switch` at its largest branch, ragged_dot's dense expansion, a loop body once).
+XLA peak MB is the compile's buffer assignment (`medvlmoe_jax.benchmark.memory` measures the
+full step at batch 32 without running it).
 """
 
 from __future__ import annotations
@@ -25,11 +30,38 @@ import numpy as np
 
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax import sharding
+from medvlmoe_jax.benchmark import flops as flops_lib
 from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.train.trainer import create_experiment
 
-# Dense bf16 peak FLOP/s per device (vendor data sheets), for MFU.
-GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+# Dense bf16 tensor-core peak FLOP/s per device, from NVIDIA's data sheets (dense: no 2:4
+# sparsity, half the figure the sheets print with it), keyed by `device_kind` exactly as JAX
+# reports it (the CUDA device name). Exact names, not substrings: "H100" would give an H100
+# PCIe the SXM figure. A device not listed gets no MFU rather than a guess; add it here from
+# its data sheet.
+DENSE_BF16_PEAK = {
+    "NVIDIA H100 80GB HBM3": 989e12,    # H100 SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H200": 989e12,              # H200 SXM
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA L4": 121e12,
+}
+MFU_DTYPES = ("bfloat16",)   # the peak is the bf16 one: a float32 run's MFU would mislead
+
+
+def mfu_note(device, dtype: str) -> str | None:
+  """Why no MFU is reported for this run (None when it is)."""
+  if device.platform != "gpu":
+    return f"no GPU on this machine ({device.platform}): MFU not measured"
+  if dtype not in MFU_DTYPES:
+    return f"MFU only for bfloat16 runs (this one: {dtype}): the peak is the bf16 one"
+  if device.device_kind not in DENSE_BF16_PEAK:
+    return (f"no dense bf16 peak listed for {device.device_kind!r} (DENSE_BF16_PEAK in "
+            "benchmark/train.py): MFU not reported")
+  return None
 
 
 def size_config(demo: ml_collections.ConfigDict, size: str, dtype: str = "float32",
@@ -92,7 +124,7 @@ def run_size(demo, size: str, steps: int, rounds: int, dtype: str = "float32",
     start = time.perf_counter()
     compiled = train_fn.__wrapped__.lower(exp.state, fixed).compile()
     compile_s = time.perf_counter() - start
-  flops = _flops(compiled)
+  xla_flops = _flops(compiled)
   state = exp.state
 
   def compute():
@@ -130,13 +162,15 @@ def run_size(demo, size: str, steps: int, rounds: int, dtype: str = "float32",
             "outside_compute_share": 1 - t["compute"] / t["loop"],
             "memory": _memory(compiled), "max_rss_mb": resource.getrusage(
                 resource.RUSAGE_SELF).ru_maxrss / 1024}
-  if flops is not None:
-    result["model_gflop_per_step"] = flops / 1e9
-    result["achieved_gflops"] = flops / t["compute"] / 1e9
-    device = jax.devices()[0]
-    peak = next((v for k, v in GPU_BF16_PEAK.items() if k in device.device_kind), None)
-    if device.platform == "gpu" and peak is not None:
-      result["mfu"] = flops / t["compute"] / peak
+  model_flops = flops_lib.train_step_flops(config)
+  result["model_gflop_per_step"] = model_flops / 1e9
+  result["achieved_gflops"] = model_flops / t["compute"] / 1e9
+  if xla_flops is not None:
+    result["xla_gflop_per_step"] = xla_flops / 1e9
+  device = jax.devices()[0]
+  if mfu_note(device, dtype) is None:
+    peak = exp.mesh.size * DENSE_BF16_PEAK[device.device_kind]   # the step runs on the mesh
+    result["mfu"] = model_flops / t["compute"] / peak
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
     result["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
@@ -155,8 +189,9 @@ def run(demo: ml_collections.ConfigDict, sizes=("tiny", "small", "full"),
     n = steps or {"tiny": 16, "small": 4, "full": 2}[size]
     results["sizes"].append(run_size(demo, size, n, rounds, dtype,
                                       full_batch if size == "full" else None))
-  if jax.default_backend() != "gpu":
-    results["gpu"] = "no GPU on this machine: bf16 MFU not measured"
+  note = mfu_note(jax.devices()[0], dtype)
+  if note is not None:
+    results["mfu_note"] = note
   return results
 
 
@@ -166,15 +201,19 @@ def table(results: dict) -> str:
            "compute = compiled step on a device batch, loop = trainer loop (data + host + step)",
            f"{'size':<6} {'params':>8} {'batch':>5} {'dtype':>8} {'compile s':>9} "
            f"{'compute ms':>10} {'loop ms':>9} {'ex/s':>7} {'outside':>7} {'data ms':>8} "
-           f"{'GFLOP/s':>8} {'XLA peak MB':>11} {'MFU':>5}"]
+           f"{'GFLOP':>8} {'XLA GFLOP':>9} {'GFLOP/s':>8} {'XLA peak MB':>11} {'MFU':>6}"]
   for r in results["sizes"]:
-    mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
+    mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
     lines.append(
         f"{r['size']:<6} {r['parameters'] / 1e6:>7.1f}M {r['batch']:>5} {r['dtype']:>8} "
         f"{r['compile_s']:>9.1f} {r['compute_step_ms']:>10.1f} {r['loop_step_ms']:>9.1f} "
         f"{r['examples_per_s']:>7.1f} {100 * r['outside_compute_share']:>6.1f}% "
-        f"{r['data_batch_ms']:>8.1f} {r.get('achieved_gflops', float('nan')):>8.1f} "
-        f"{r['memory'].get('peak_mb', float('nan')):>11.0f} {mfu:>5}")
-  if "gpu" in results:
-    lines.append(results["gpu"])
+        f"{r['data_batch_ms']:>8.1f} {r['model_gflop_per_step']:>8.1f} "
+        f"{r.get('xla_gflop_per_step', float('nan')):>9.1f} {r['achieved_gflops']:>8.1f} "
+        f"{r['memory'].get('peak_mb', float('nan')):>11.0f} {mfu:>6}")
+  lines.append("GFLOP: analytic model FLOPs per step (3 x forward matmuls, top_k experts, no "
+               "remat or optimizer; benchmark/flops.py), which GFLOP/s and MFU use; XLA GFLOP: "
+               "XLA's count for the compiled step, for reference")
+  if "mfu_note" in results:
+    lines.append(results["mfu_note"])
   return "\n".join(lines)
