@@ -15,6 +15,9 @@ from medvlmoe_jax.convert.encoders import (convert, convert_text, convert_vision
 from medvlmoe_jax.models.pretrained import init_from
 from medvlmoe_jax.convert.mapping import ConversionError
 
+# Float32 results compared to ~1e-5: true float32 matmuls (conftest.py).
+pytestmark = pytest.mark.float32_parity
+
 VISION_CONFIGS = [
     dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
          image_size=30, patch_size=6),

@@ -11,7 +11,7 @@ import transformers as tf
 
 from medvlmoe_jax.convert.encoders import convert, load_text_encoder, load_vision_encoder
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.float32_parity]
 
 
 def _peak_gb():

@@ -14,6 +14,9 @@ from medvlmoe_jax.moe import dispatch, grouped_matmul, routing
 from moe_reference import dense_layer, dense_moe, naive_moe
 from moe_layers import H, K, W, make_layer
 
+# Float32 results compared to ~1e-5: true float32 matmuls (conftest.py).
+pytestmark = pytest.mark.float32_parity
+
 IMPLS = sorted(dispatch.IMPLS)      # blocks, cpu_kernel, ragged_dot, slots
 
 def reference(layer, x, valid=None, capacity=None):

@@ -9,6 +9,9 @@ from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.eval import evaluate, figures
 from medvlmoe_jax.train import trainer as trainer_lib
 
+# Float32 results compared to ~1e-5: true float32 matmuls (conftest.py).
+pytestmark = pytest.mark.float32_parity
+
 N = 24
 
 

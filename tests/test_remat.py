@@ -11,6 +11,9 @@ from medvlmoe_jax.config import REMAT_POLICIES
 from medvlmoe_jax.tree import tree_paths
 from test_models import inputs, tiny_model_config
 
+# Float32 results compared to ~1e-5: true float32 matmuls (conftest.py).
+pytestmark = pytest.mark.float32_parity
+
 
 def loss_and_grads(remat: str):
   graphdef, params = nnx.split(build_model(tiny_model_config(remat=remat)), nnx.Param)

@@ -16,6 +16,9 @@ from medvlmoe_jax.moe.dispatch import ExpertParams
 from moe_reference import dense_layer, grouped_capacity_reference, naive_moe
 from moe_layers import K, W, make_layer
 
+# Float32 results compared to ~1e-5: true float32 matmuls (conftest.py).
+pytestmark = pytest.mark.float32_parity
+
 T = 64
 MESHES = [(1, 8), (2, 4), (8, 1), (4, 2)]
 

@@ -15,6 +15,9 @@ from medvlmoe_jax.train import step as step_lib
 from medvlmoe_jax.train import trainer as trainer_lib
 from medvlmoe_jax.train.checkpointing import Checkpointer
 
+# Float32 results compared to ~1e-5: true float32 matmuls (conftest.py).
+pytestmark = pytest.mark.float32_parity
+
 
 
 @pytest.fixture
