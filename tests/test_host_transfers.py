@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from jax._src import array as array_lib   # ArrayImpl: where every NumPy value is read
 
+from medvlmoe_jax import sharding
 from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.train import trainer as trainer_lib
 from medvlmoe_jax.train.metric_writer import MetricWriter, read_metrics
@@ -105,6 +106,13 @@ def test_only_log_eval_and_checkpoint_steps_fetch(tmp_path, monkeypatch, fetches
     return Watched()
 
   monkeypatch.setattr(pipeline, "train_iterator", watched)
+  real_put, shipped = sharding.put_batch, []
+
+  def put_batch(batch, mesh):
+    shipped.append(np.asarray(batch["image"]).dtype)
+    return real_put(batch, mesh)
+
+  monkeypatch.setattr(sharding, "put_batch", put_batch)
   writer = MetricWriter(str(tmp_path))
   try:
     record = trainer_lib.train(exp, str(tmp_path), lambda params: 0.5, writer)
@@ -112,6 +120,8 @@ def test_only_log_eval_and_checkpoint_steps_fetch(tmp_path, monkeypatch, fetches
     guard.close()
     writer.close()
   assert record["last_step"] == 8
+  # Images cross to the device as uint8 (normalised there): a quarter of float32's bytes.
+  assert len(shipped) >= 8 and set(shipped) == {np.dtype(np.uint8)}
   stray = sorted({(step, where) for step, _, where in fetches
                   if step is not None and step not in fetching})
   assert not stray, "device -> host fetches between log steps:\n" + "\n".join(

@@ -4,9 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from medvlmoe_jax import config as config_lib
+from medvlmoe_jax.data import preprocess
 from medvlmoe_jax.models.medvlmoe import build_model
+from medvlmoe_jax.models.vision import normalize_pixels
 
 
 def tiny_model_config(**overrides):
@@ -60,6 +63,24 @@ def test_forward_every_switch(overrides):
     assert 0.0 < float(aux["load_balance_loss"]) < 0.01 * 8 + 1e-6
 
 
+@pytest.mark.float32_parity
+def test_uint8_pixels_are_normalised_on_the_device_exactly():
+  """Stored uint8 pixels, normalised in the jitted model, give bit for bit the host's CLIP
+  preprocessing (every value, every channel), and the model's output on them equals its
+  output on the host-normalised batch."""
+  every = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+  on_device = jax.jit(normalize_pixels)(jnp.asarray(every))
+  assert on_device.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(on_device), preprocess.normalize(every))
+  model = build_model(tiny_model_config())
+  pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  _, ids, mask = inputs()
+  forward = nnx.jit(lambda model, image: model(image, ids, mask)[0])
+  np.testing.assert_allclose(forward(model, jnp.asarray(pixels)),
+                             forward(model, jnp.asarray(preprocess.normalize(pixels))), atol=1e-6)
+
+
+@pytest.mark.float32_parity
 def test_padding_does_not_change_the_prediction():
   """Extra padding after the text must not change any output (masks everywhere)."""
   for granularity in ("sample", "token"):
@@ -92,6 +113,7 @@ def test_bfloat16_compute_keeps_float32_params():
 
 
 @pytest.mark.parametrize("mask_shape", [None, (4, 1, 6, 6), (4, 1, 1, 6)])
+@pytest.mark.float32_parity
 def test_blocked_attention_equals_whole_batch(mask_shape):
   """The CPU cache-blocked path (batch chunks in a lax.map) computes the same attention and
   gradients as the whole batch at once, with causal/padding and key-only masks."""
@@ -119,6 +141,7 @@ def attention_masks(rng, batch, lq, lk):
 
 
 @pytest.mark.parametrize("mask_name", ["none", "causal_padding", "key_padding", "random"])
+@pytest.mark.float32_parity
 def test_dot_product_attention_equals_blocked(mask_name):
   """`jax.nn.dot_product_attention` (the accelerators' path, forced here on the CPU) gives
   the CPU's blocked attention's values and gradients on (B, L, heads, head_dim) inputs."""
@@ -140,6 +163,7 @@ def test_dot_product_attention_equals_blocked(mask_name):
     np.testing.assert_allclose(g, r, atol=1e-6)
 
 
+@pytest.mark.float32_parity
 def test_model_with_dot_product_attention_equals_blocked():
   """The whole model (ViT self-attention, BioGPT causal + padding, the fusion's key padding)
   gives the same logits and gradients through either attention path, float32."""

@@ -82,7 +82,7 @@ def abstract_step(config):
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        state, shardings)
   split = pipeline.load_dataset(config).splits["train"]
-  host = pipeline.normalize(split.gather(np.arange(config.data.batch_size)))
+  host = split.gather(np.arange(config.data.batch_size))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
            for k, v in host.items()}
   step = jit_train_step(graphdef, tx, config.data.task, schedules, mesh, shardings)

@@ -7,6 +7,8 @@ Training batches come from a `grain.MapDataset` shuffled by seed (a fresh permut
 epoch) and repeated; its iterator state is small JSON that goes into every checkpoint, so a
 resumed run sees exactly the batches an uninterrupted one would. Evaluation batches are
 padded to a fixed size (with a `valid` mask) so that one compiled eval step serves all.
+Images stay uint8 up to the device, where the model normalises them
+(`models.vision.normalize_pixels`): a quarter of the bytes per step, no float work on the host.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import tensorflow_datasets as tfds
 
 from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.data import builder, synthetic
-from medvlmoe_jax.data.preprocess import CLIP_MEAN, CLIP_STD
 from medvlmoe_jax.data.tokenizers import BioGptTokenizer, WordTokenizer
 
 
@@ -156,13 +157,6 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   return loaders[config.data.name](config, make_tokenizer(config.data))
 
 
-def normalize(batch: dict) -> dict:
-  """uint8 NHWC -> float32 normalised with the CLIP mean/std."""
-  batch = dict(batch)
-  batch["image"] = (batch["image"].astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-  return batch
-
-
 def augment(images: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
   """Random translation, brightness and contrast (and horizontal flips only if asked: in
   chest X-rays laterality matters). uint8 in, uint8 out."""
@@ -210,8 +204,7 @@ def train_iterator(split, batch_size: int, seed: int, worker_count: int = 0,
   it = ds.to_iter_dataset()
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  # Normalise after the workers: uint8 batches cross the process boundary, not 4x float32.
-  return iter(it.map(normalize))
+  return iter(it)
 
 
 def eval_batches(split, batch_size: int,
@@ -224,4 +217,4 @@ def eval_batches(split, batch_size: int,
   for start in range(0, n, batch_size):
     index = np.minimum(np.arange(start, start + batch_size), n - 1)
     valid = np.arange(start, start + batch_size) < n
-    yield dict(normalize(split.gather(index[rows])), valid=valid[rows]), valid
+    yield dict(split.gather(index[rows]), valid=valid[rows]), valid

@@ -83,8 +83,8 @@ def _center_crop(image: np.ndarray, crop: int) -> np.ndarray:
 def resize_and_crop(image: np.ndarray, size: int = 224, crop: int | None = None) -> np.ndarray:
   """uint8 (H, W, 3) -> uint8 (crop, crop, 3): CLIP's geometry without the normalisation.
 
-  data_prep stores images this way, so the pipeline's normalisation then gives exactly
-  `clip_preprocess` of the original image.
+  data_prep stores images this way, and batches carry them so (uint8); the model's
+  normalisation on the device then gives exactly `clip_preprocess` of the original image.
   """
   crop = size if crop is None else crop
   image = _as_rgb_uint8(image)
@@ -107,8 +107,18 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
   return image
 
 
+def normalize(pixels: np.ndarray) -> np.ndarray:
+  """uint8 (..., 3) -> float32 (..., 3), HF's rescale and normalisation."""
+  x = (np.asarray(pixels).astype(np.float64) * _RESCALE).astype(np.float32)
+  return (x - CLIP_MEAN) / CLIP_STD
+
+
+# `normalize` of every uint8 value, per channel: the model normalises stored pixels on the
+# device by looking them up here, bit for bit as above (XLA would turn x / 255 into
+# x * (1 / 255), which differs in the last bit for most values).
+CLIP_TABLE = normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))
+
+
 def clip_preprocess(image: np.ndarray, size: int = 224, crop: int = 224) -> np.ndarray:
   """uint8 (H, W, 3) or greyscale (H, W) / (H, W, 1) -> normalised (crop, crop, 3) float32."""
-  cropped = resize_and_crop(image, size, crop)
-  x = (cropped.astype(np.float64) * _RESCALE).astype(np.float32)
-  return (x - CLIP_MEAN) / CLIP_STD
+  return normalize(resize_and_crop(image, size, crop))

@@ -155,7 +155,7 @@ class Predictor:
     return cls(config, graphdef, params, class_names(config), step)
 
   def batch(self, image, text: str | None = None) -> dict:
-    """A normalised batch of one, exactly as the eval pipeline would feed it."""
+    """A batch of one (uint8 pixels, tokens), exactly as the eval pipeline would feed it."""
     where = "the image"
     if isinstance(image, (str, os.PathLike)):
       where, image = os.fspath(image), read_image(image)
@@ -165,7 +165,7 @@ class Predictor:
                                self.config.data.text_max_len)
     if not mask.any():
       raise BadInputError(f"the text {text!r} has no tokens; omit it to use {DEFAULT_TEXT!r}")
-    return pipeline.normalize({"image": image[None], "input_ids": ids, "attention_mask": mask})
+    return {"image": image[None], "input_ids": ids, "attention_mask": mask}
 
   def predict(self, image, text: str | None = None) -> dict:
     """`image`: a path (PNG, JPEG, DICOM) or a uint8 (H, W[, 3]) array; `text`: the clinical

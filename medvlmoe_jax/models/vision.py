@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from medvlmoe_jax.data.preprocess import CLIP_TABLE
 from medvlmoe_jax.models.layers import Attention, embedding_table, layer_norm
 from medvlmoe_jax.nn import MLP, check_remat, remat as rematerialise
 
@@ -22,6 +23,14 @@ class CLIPEncoderLayer(nnx.Module):
   def __call__(self, x):
     x = x + self.self_attn(self.layer_norm1(x))
     return x + self.mlp(self.layer_norm2(x))
+
+
+def normalize_pixels(pixels: jax.Array) -> jax.Array:
+  """uint8 (..., 3) -> CLIP-normalised float32, on the device: batches cross to the device as
+  uint8 (a quarter of the bytes, no host arithmetic), and the lookup in `CLIP_TABLE` gives
+  exactly the host's `clip_preprocess` values."""
+  table = jnp.asarray(CLIP_TABLE)
+  return table[pixels.astype(jnp.int32), jnp.arange(table.shape[1])]
 
 
 class CLIPVisionTransformer(nnx.Module):
@@ -52,6 +61,10 @@ class CLIPVisionTransformer(nnx.Module):
     self.post_layernorm = layer_norm(width, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
 
   def __call__(self, pixels: jax.Array) -> jax.Array:
+    """`pixels`: (B, H, W, 3) uint8 as stored, normalised here (`normalize_pixels`), or
+    float already normalised (HF's `pixel_values`, NHWC)."""
+    if pixels.dtype == jnp.uint8:
+      pixels = normalize_pixels(pixels)
     patches = self.patch_embedding(pixels.astype(self.dtype))
     batch = patches.shape[0]
     patches = patches.reshape(batch, -1, patches.shape[-1])
