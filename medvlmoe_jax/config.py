@@ -65,6 +65,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.remat = "dots_with_no_batch_dims_saveable"
   c.model.vision = ml_collections.ConfigDict(dict(
       VISION_PRESETS["vit_l14"], channels=3, layer_norm_eps=1e-5))
+  # Hidden states of these layers (1-based, e.g. (8, 16, 24) for ViT-L/14) enter the fusion
+  # as visual tokens, each depth with its own projection and learned scale vector; () = the
+  # last layer only.
+  c.model.vision.feature_layers = ()
   c.model.text = ml_collections.ConfigDict(dict(
       TEXT_PRESETS["biogpt"], enabled=True, scale_embedding=True, layer_norm_eps=1e-5))
   c.model.fusion = ml_collections.ConfigDict(dict(
@@ -75,6 +79,14 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.moe.capacity_factor = config_dict.placeholder(float)   # None = dropless
   # Dispatch implementation (moe/dispatch.py): auto | blocks | ragged_dot | slots | cpu_kernel.
   c.model.moe.dispatch = "auto"
+  # Added to the router's input: none (the paper's router) | modality (a learned embedding of
+  # the example's modality, of model.num_modalities) | text (the pooled clinical text).
+  c.model.moe.router_context = "none"
+  c.model.num_modalities = 1
+  # One classifier per dataset of a mixture (their class counts); () = one of num_classes.
+  c.model.heads = ()
+  # Pooled image / text projections and a learned temperature, for train.align_weight.
+  c.model.align = False
 
   # --- devices (docs/design.md §3) ----------------------------------------------------
   # -1: expert = the largest device count dividing the experts, data = the remaining devices.
@@ -106,6 +118,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.patience = 15                # evaluations without a better val mean AUC
   c.train.keep_checkpoints = 2         # latest ones kept, besides the best
+  # Weight of the CLIP-style image-text InfoNCE over the global batch (needs model.align).
+  c.train.align_weight = 0.0
 
   c.eval = ml_collections.ConfigDict(dict(n_boot=1000, seed=0))
   return c
@@ -220,6 +234,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (m.moe.dispatch in ("auto", "blocks", "ragged_dot", "slots", "cpu_kernel"),
        f"model.moe.dispatch={m.moe.dispatch!r}"),
       (m.remat in REMAT_POLICIES, f"model.remat={m.remat!r} is not one of {REMAT_POLICIES}"),
+      (m.moe.router_context in ("none", "modality", "text"),
+       f"model.moe.router_context={m.moe.router_context!r} is not none, modality or text"),
+      (m.moe.router_context == "none" or m.moe.enabled,
+       "model.moe.router_context needs the MoE (model.moe.enabled)"),
+      (m.moe.router_context != "text" or (m.text.enabled and not m.vision_only),
+       "model.moe.router_context='text' needs the text stream (model.text.enabled)"),
+      (all(1 <= l <= m.vision.layers for l in m.vision.feature_layers)
+       and len(set(m.vision.feature_layers)) == len(m.vision.feature_layers),
+       f"model.vision.feature_layers={tuple(m.vision.feature_layers)}: distinct layers in "
+       f"1..{m.vision.layers}"),
+      (config.train.align_weight == 0 or m.align,
+       f"train.align_weight={config.train.align_weight} needs model.align=True"),
+      (not m.align or (m.text.enabled and not m.vision_only),
+       "model.align needs the text stream (model.text.enabled)"),
       (config.data.image_size == m.vision.image_size,
        f"data.image_size={config.data.image_size} != model.vision.image_size={m.vision.image_size}"),
       (config.data.text_max_len <= m.fusion.max_text_len,

@@ -60,9 +60,10 @@ class CLIPVisionTransformer(nnx.Module):
         for _ in range(cfg.layers)])
     self.post_layernorm = layer_norm(width, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
 
-  def __call__(self, pixels: jax.Array) -> jax.Array:
+  def __call__(self, pixels: jax.Array, layers: tuple[int, ...] = ()):
     """`pixels`: (B, H, W, 3) uint8 as stored, normalised here (`normalize_pixels`), or
-    float already normalised (HF's `pixel_values`, NHWC)."""
+    float already normalised (HF's `pixel_values`, NHWC). With `layers` (1-based, as HF's
+    `hidden_states[i]`), the list of those layers' outputs instead of the last one."""
     if pixels.dtype == jnp.uint8:
       pixels = normalize_pixels(pixels)
     patches = self.patch_embedding(pixels.astype(self.dtype))
@@ -75,9 +76,12 @@ class CLIPVisionTransformer(nnx.Module):
     x = jnp.concatenate([cls, patches], axis=1) + self.position_embedding[...].astype(self.dtype)
     x = self.pre_layrnorm(x)
     block = rematerialise(lambda layer, x: layer(x), self.remat)
-    for layer in self.layers:
+    kept = []
+    for i, layer in enumerate(self.layers, 1):
       x = block(layer, x)
-    return x
+      if i in layers:
+        kept.append(x)
+    return [kept[sorted(layers).index(i)] for i in layers] if layers else x
 
   def pooled(self, hidden: jax.Array) -> jax.Array:
     """HF `pooler_output`: post_layernorm of the class token."""

@@ -65,11 +65,13 @@ class SparseMoE(nnx.Module):
     return ExpertParams(self.w1[...], self.b1[...], self.w2[...], self.b2[...])
 
   def __call__(self, x: jax.Array, valid: jax.Array | None = None,
-               counted: jax.Array | None = None):
+               counted: jax.Array | None = None, context: jax.Array | None = None):
     """`valid` (T,): tokens that are routed (default all); `counted` (T,): tokens whose share
-    of the capacity counts (default all), so that batch padding takes none."""
+    of the capacity counts (default all), so that batch padding takes none. `context` (T, w):
+    added to the router's input only (the modality or text the routing may depend on)."""
     valid = jnp.ones(x.shape[0], bool) if valid is None else valid.astype(bool)
-    probs = routing.router_probabilities(x, self.router[...])
+    router_input = x if context is None else x + context.astype(x.dtype)
+    probs = routing.router_probabilities(router_input, self.router[...])
     expert_index, weights = routing.top_k_routing(probs, self.top_k)
     dispatcher = make_dispatcher(self.capacity_factor, jax.sharding.get_abstract_mesh(),
                                  self.dispatch)
@@ -91,6 +93,6 @@ class DenseFFN(nnx.Module):
   def __init__(self, width: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
     self.mlp = MLP(width, hidden, "gelu", dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, valid: jax.Array | None = None, counted=None):
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None, counted=None, context=None):
     return self.mlp(x), {"load_balance_loss": jnp.zeros((), jnp.float32),
                          "dropped_tokens": jnp.zeros((), jnp.int32)}

@@ -20,6 +20,38 @@ def classification_loss(logits, labels, label_mask, task: str) -> jax.Array:
   raise ValueError(f"unknown task {task!r}")
 
 
+def heads_loss(logits, labels, label_mask, dataset, heads, valid=None) -> jax.Array:
+  """Each example's loss from its own dataset's head, for a model with one head per dataset.
+
+  `heads`: ((task, num_classes), ...) in head order; `logits` (B, sum of num_classes) are
+  the heads' logits side by side; `labels` / `label_mask` (B, max num_classes) are padded
+  (mask False); `dataset` (B,) is each row's head. Head h's loss is `classification_loss`'s
+  on its own rows only, and the heads are weighted by their rows' share of the batch, so an
+  example counts once, whichever dataset it comes from.
+  """
+  logits, labels = logits.astype(jnp.float32), labels.astype(jnp.float32)
+  rows_all = jnp.ones(dataset.shape, bool) if valid is None else valid.astype(bool)
+  total, offset, count = jnp.zeros((), jnp.float32), 0, jnp.zeros((), jnp.float32)
+  for h, (task, num_classes) in enumerate(heads):
+    rows = (dataset == h) & rows_all
+    z, y = logits[:, offset:offset + num_classes], labels[:, :num_classes]
+    offset += num_classes
+    n = jnp.sum(rows.astype(jnp.float32))
+    if task == "multilabel":
+      weight = (label_mask[:, :num_classes] & rows[:, None]).astype(jnp.float32)
+      per_label = optax.sigmoid_binary_cross_entropy(z, y)
+      loss = jnp.sum(per_label * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    elif task in ("multiclass", "ordinal"):
+      per_row = optax.softmax_cross_entropy(z, y)
+      loss = jnp.sum(per_row * rows) / jnp.maximum(n, 1.0)
+    else:
+      raise ValueError(f"unknown task {task!r}")
+    total, count = total + loss * n, count + n
+  if offset != logits.shape[-1]:
+    raise ValueError(f"heads {heads} give {offset} logits, the model {logits.shape[-1]}")
+  return total / jnp.maximum(count, 1.0)
+
+
 def probabilities(logits, task: str) -> jax.Array:
   logits = logits.astype(jnp.float32)
   return jax.nn.sigmoid(logits) if task == "multilabel" else jax.nn.softmax(logits, axis=-1)

@@ -26,7 +26,7 @@ class TrainState:
 def forward(graphdef, params, batch):
   model = nnx.merge(graphdef, params)
   return model(batch["image"], batch.get("input_ids"), batch.get("attention_mask"),
-               valid=batch.get("valid"))
+               valid=batch.get("valid"), modality=batch.get("modality"))
 
 
 def loss_fn(params, graphdef, batch, task: str, scale):
