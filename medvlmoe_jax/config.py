@@ -46,11 +46,18 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.batch_size = 32
   c.data.eval_batch_size = 64
   c.data.worker_count = 0              # Grain worker processes decoding/augmenting batches
+  # One model on several datasets: ({"path": DIR} or {"synthetic": {overrides}}, with
+  # optional "name", "weight" (sampling, default 1) and "modality" (default: the dataset's
+  # name; datasets of one modality share its id)), in place of data.name / data.path; each
+  # gets its own classifier head (model.heads, set from the data).
+  c.data.mixture = ()
   # Train-time augmentation; no horizontal flips by default (laterality matters in CXR).
   c.data.augment = ml_collections.ConfigDict(dict(
       enabled=False, translate=0.05, brightness=0.1, contrast=0.1, hflip=False))
+  # modality: 0 (the demo's) or 1 (a second modality); describe: the text names the findings.
   c.data.synthetic = ml_collections.ConfigDict(dict(
-      num_train=2048, num_val=512, num_test=512, num_classes=6, seed=1234))
+      num_train=2048, num_val=512, num_test=512, num_classes=6, seed=1234, modality=0,
+      describe=False))
 
   # --- model --------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()

@@ -28,7 +28,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if main_process:
     trainer_lib.save_config(config, workdir)
   trainer_lib.write_summary(exp, workdir)
-  eval_fn = jit_eval_step(exp.graphdef, config.data.task, exp.mesh, exp.state_shardings.params)
+  eval_fn = jit_eval_step(exp.graphdef, exp.task, exp.mesh, exp.state_shardings.params)
 
   def validate(params):
     rep, _ = evaluate.evaluate_split(eval_fn, params, exp.data, "val", config, exp.mesh)

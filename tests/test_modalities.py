@@ -160,3 +160,34 @@ def test_alignment_embeddings_come_before_fusion():
   assert not np.allclose(aux["text_embedding"], other["text_embedding"])
   np.testing.assert_allclose(float(aux["log_scale"]), LOG_SCALE_INIT, rtol=1e-6)
   assert optax.global_norm(aux["image_embedding"]) > 0
+
+
+def test_alignment_trains_and_evaluation_reports_retrieval(tmp_path):
+  from conftest import shrunk_demo_config
+  from medvlmoe_jax.experiment import train_and_evaluate
+  from medvlmoe_jax.train.metric_writer import read_metrics
+  c = shrunk_demo_config()
+  c.model.align, c.train.align_weight = True, 1.0
+  c.train.max_steps, c.train.eval_every_epochs = 4, 0.5
+  rep = train_and_evaluate(c, str(tmp_path))
+  rows = [r for r in read_metrics(str(tmp_path)) if r["split"] == "train"]
+  assert all(np.isfinite(r["align_loss"]) and r["align_loss"] > 0 for r in rows)
+  r = rep["retrieval"]
+  assert set(r) >= {"image_to_text_R@1", "text_to_image_R@10", "chance_R@1"}
+  assert 0 <= r["image_to_text_R@1"] <= r["image_to_text_R@5"] <= r["image_to_text_R@10"] <= 1
+  assert 0 < r["chance_R@1"] < 0.1 and r["distinct_texts"] > 32
+
+
+def test_word_vocabulary_keeps_the_ids_of_earlier_runs():
+  """Words added for the second synthetic modality come after the first release's 106, so a
+  demo workdir trained before reads the same token ids (sha256 of those 106, in id order,
+  as commit 4f207b8 had them)."""
+  import hashlib
+  from medvlmoe_jax.data import synthetic
+  from medvlmoe_jax.data.tokenizers import WordTokenizer
+  words = synthetic.vocabulary()
+  assert hashlib.sha256(" ".join(words[:106]).encode()).hexdigest()[:16] == "f24a1c0f19680e8d"
+  tokenizer = WordTokenizer(words)
+  assert tokenizer.vocab[2:] == words and len(set(words)) == len(words)
+  ids, _ = tokenizer(["a fundus photograph , findings : finding 3 ."], 12)
+  assert 1 not in ids[0]     # no unknown word

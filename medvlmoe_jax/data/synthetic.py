@@ -5,6 +5,13 @@ square at that label's own place in the image. For the last two labels the squar
 and the clinical sentence carries the signal instead (a symptom word, present for 85% of
 positives and 10% of negatives), so a model that ignores the text scores lower on them. Age,
 sex and view are noise.
+
+With `describe`, the text instead names the findings of its image ("findings : finding 1 ,
+finding 4 ." or "findings : none ."): an image's own text, for image-text retrieval.
+
+`modality` 1 is a second imaging modality for multi-dataset runs: the same findings drawn
+dark on a bright background, and texts that open with "a fundus photograph ,", so that a
+router can tell it from modality 0 (the demo set, unchanged) by either stream.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ SYMPTOMS = ["cough", "fever", "dyspnea", "chest pain", "fatigue", "wheezing", "e
 TEXT_LABELS = 2          # the last labels are mostly visible in the text
 _FILLER = ["history of", "presents with", "complains of"]
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+MODALITY_WORDS = ("", "a fundus photograph ,")
 
 
 @dataclasses.dataclass
@@ -36,12 +44,17 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def vocabulary() -> list[str]:
+  """The word tokenizer's vocabulary, in id order. Words added later go after the first
+  release's (sorted), so that the token ids of runs trained before keep their meaning."""
   words = {"a", "year", "old", "male", "female", "patient", ",", ".", "pa", "ap", "lateral",
            "view", "no", "symptoms"}
   for phrase in SYMPTOMS + _FILLER:
     words.update(phrase.split())
   words.update(str(a) for a in range(18, 96))
-  return sorted(words)
+  added = {"finding", "findings", "none", ":", *(str(a) for a in range(18))}
+  for phrase in MODALITY_WORDS:
+    added.update(phrase.split())
+  return sorted(words) + sorted(added - words)
 
 
 def _sentence(rng, labels) -> str:
@@ -57,9 +70,16 @@ def _sentence(rng, labels) -> str:
           f"{rng.choice(['pa', 'ap', 'lateral'])} view . {rng.choice(_FILLER)} {symptoms} .")
 
 
+def _findings(labels) -> str:
+  named = " , ".join(f"finding {k}" for k in np.nonzero(labels)[0])
+  return f"findings : {named or 'none'} ."
+
+
 def make_split(split: str, num_examples: int, num_classes: int, image_size: int,
-               seed: int) -> Split:
-  rng = np.random.default_rng([seed, SPLIT_OFFSET[split]])
+               seed: int, modality: int = 0, describe: bool = False) -> Split:
+  if modality not in (0, 1):
+    raise ValueError(f"synthetic modality {modality!r} is not 0 or 1")
+  rng = np.random.default_rng([seed, SPLIT_OFFSET[split]] + [modality] * (modality > 0))
   labels = (rng.random((num_examples, num_classes)) < 0.3).astype(np.float32)
   images = rng.normal(60, 25, (num_examples, image_size, image_size, 1))
   grid = int(np.ceil(np.sqrt(num_classes)))
@@ -73,6 +93,11 @@ def make_split(split: str, num_examples: int, num_classes: int, image_size: int,
       images[i, cy + dy:cy + dy + size, cx + dx:cx + dx + size] += amplitude
   images = np.repeat(np.clip(images, 0, 255).astype(np.uint8), 3, axis=-1)
   texts = [_sentence(rng, labels[i]) for i in range(num_examples)]
+  if describe:
+    texts = [_findings(labels[i]) for i in range(num_examples)]
+  if modality:
+    images = 255 - images
+    texts = [f"{MODALITY_WORDS[modality]} {t}" for t in texts]
   return Split(images=images, texts=texts, labels=labels,
                label_mask=np.ones_like(labels, dtype=bool))
 

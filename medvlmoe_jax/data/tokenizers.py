@@ -45,7 +45,8 @@ class WordTokenizer:
   """Lower-cased words and punctuation looked up in a fixed vocabulary; id 0 is padding."""
 
   def __init__(self, words):
-    self.vocab = [PAD, UNK] + sorted(set(words) - {PAD, UNK})
+    """`words` in id order (from 2); repeats are dropped."""
+    self.vocab = [PAD, UNK] + [w for w in dict.fromkeys(words) if w not in (PAD, UNK)]
     self.index = {w: i for i, w in enumerate(self.vocab)}
 
   @property

@@ -1,12 +1,13 @@
 """Report figures: per-class ROC curves, class-to-expert routing (the paper's
-Figure 3) and expert load over training.
+Figure 3), expert load over training and routing by group (modality / dataset).
 
 Matplotlib's Agg backend is selected before pyplot is imported so that figures
 can be written on headless training hosts.
 
 Each function takes an optional ``written`` dict and, once its PNG is saved, sets
-``written[name] = png_path`` (name: "roc", "routing_heatmap", "expert_load"); a figure that
-is not written (expert_load without data) adds nothing. Hand the PNGs to TensorBoard with
+``written[name] = png_path`` (name: "roc", "routing_heatmap", "expert_load",
+"routing_by_group"); a figure that is not written (expert_load without data) adds nothing.
+Hand the PNGs to TensorBoard with
 ``MetricWriter.write_figures(step, {f"{split}/{name}": path for name, path in written.items()})``.
 """
 
@@ -170,3 +171,57 @@ def expert_load(metrics_rows, png_path: str, *, written: dict | None = None) -> 
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
   ax.grid(alpha=0.3)
   _save(fig, png_path, written, "expert_load")
+
+
+def routing_heatmap_by_group(share, group_names, path: str | None = None, *, ax=None,
+                             n_examples=None, score: float | None = None,
+                             group_label: str = "group", written: dict | None = None):
+  """Annotated heatmap of `specialisation.group_expert_share` (G, K); returns the figure.
+
+  Drawn as `routing_heatmap` is (viridis from 0, 2-decimal cells, "n/a" for a group without
+  assignments, i.e. an all-zero row). Draws into ``ax`` when given, else into a new figure
+  built without pyplot, so a returned figure holds no pyplot state and needs no closing.
+  With ``path`` the PNG is saved and ``written["routing_by_group"] = path`` is set.
+  ``n_examples`` (G,) adds "(n=...)" to the row labels, ``score`` (the specialisation NMI)
+  goes in the title.
+  """
+  from matplotlib.figure import Figure
+
+  share = np.asarray(share, dtype=np.float64)
+  if share.ndim != 2 or len(group_names) != share.shape[0]:
+    raise ValueError(f"share {share.shape} must be (G, K) with G = {len(group_names)} names")
+  rows, num_experts = share.shape
+  if ax is None:
+    fig = Figure(figsize=(1.0 + 0.75 * num_experts, 1.2 + 0.38 * rows))
+    ax = fig.subplots()
+  else:
+    fig = ax.figure
+  empty = share.sum(axis=1) == 0
+  im = ax.imshow(np.where(empty[:, None], np.nan, share), cmap="viridis", aspect="auto",
+                 vmin=0.0, vmax=max(share.max() if share.size else 1.0, 1e-9))
+  vmax = im.get_clim()[1]
+  for r in range(rows):
+    for e in range(num_experts):
+      if empty[r]:
+        ax.text(e, r, "n/a", ha="center", va="center", fontsize=7, color="grey")
+        continue
+      v = share[r, e]
+      ax.text(e, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+              color="black" if v > 0.6 * vmax else "white")
+  names = [str(n) for n in group_names]
+  if n_examples is not None:
+    names = [f"{n} (n={int(c)})" for n, c in zip(names, n_examples)]
+  ax.set_xticks(range(num_experts), [f"E{e}" for e in range(num_experts)])
+  ax.set_yticks(range(rows), names, fontsize=8)
+  ax.set_xlabel("expert")
+  ax.set_ylabel(group_label)
+  nmi = f", NMI {score:.3f}" if score is not None and np.isfinite(score) else ""
+  ax.set_title(f"Share of each {group_label}'s assignments per expert "
+               f"(uniform = {1 / num_experts:.3g}{nmi})", fontsize=9)
+  fig.colorbar(im, ax=ax, label="share of assignments")
+  if path is not None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    if written is not None:
+      written["routing_by_group"] = path
+  return fig

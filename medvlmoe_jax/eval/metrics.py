@@ -141,10 +141,17 @@ def classification_report(labels, scores, class_names, mask=None, groups=None, n
 
 
 def format_table(report: dict) -> str:
-  """Aligned plain-text table for logs and terminals."""
+  """Aligned plain-text table for logs and terminals (a table per dataset of a mixture)."""
 
   def fmt(x):
     return "n/a" if x is None or np.isnan(x) else f"{x:.4f}"
+
+  if "datasets" in report:
+    tables = [f"{name}:\n{format_table(r)}" for name, r in report["datasets"].items()]
+    mean = f"mean over {len(tables)} datasets: AUC {fmt(report['mean_auc'])}"
+    if report.get("mean_accuracy") is not None:
+      mean += f", accuracy {fmt(report['mean_accuracy'])}"
+    return "\n\n".join(tables + [mean])
 
   names = list(report["per_class_auc"])
   width = max([len(n) for n in names] + [len("class")])
@@ -155,4 +162,9 @@ def format_table(report: dict) -> str:
   lines.append(f"{'mean':<{width}}  {fmt(report['mean_auc']):>6}  [{fmt(low)}, {fmt(high)}]")
   if report.get("accuracy") is not None:
     lines.append(f"{'accuracy':<{width}}  {fmt(report['accuracy']):>6}")
+  if report.get("retrieval"):
+    r = report["retrieval"]
+    lines.append("retrieval R@1/5/10: image->text " + " / ".join(
+        fmt(r[f"image_to_text_R@{k}"]) for k in (1, 5, 10)) + ", text->image " + " / ".join(
+        fmt(r[f"text_to_image_R@{k}"]) for k in (1, 5, 10)) + f" (chance R@1 {fmt(r['chance_R@1'])})")
   return "\n".join(lines)

@@ -68,6 +68,32 @@ def write_figures(workdir: str, out_dir: str, arrays, out: dict, class_names, co
   writer.close()
 
 
+def routing_by_group(data, split: str, outs: dict, config, out_dir: str) -> dict:
+  """For a mixture routed per example: each modality's and each dataset's share of its
+  assignments per expert (heatmaps), and the specialisation score, the normalised mutual
+  information between modality (dataset) and expert (`eval/specialisation.py`)."""
+  from medvlmoe_jax.eval import figures, specialisation
+  parts = [(d, p) for d, p in enumerate(data.parts)
+           if p.name in outs and "expert_index" in outs[p.name]]
+  if not parts:
+    return {}
+  index = np.concatenate([outs[p.name]["expert_index"] for _, p in parts])
+  dataset = np.concatenate([np.full(len(outs[p.name]["expert_index"]), d) for d, p in parts])
+  modality = np.asarray(data.modality)[dataset]
+  num_experts, result = config.model.moe.num_experts, {}
+  for key, groups, names in (("modality", modality, data.modality_names),
+                             ("dataset", dataset, data.names)):
+    share = specialisation.group_expert_share(index, groups, num_experts,
+                                              num_groups=len(names))
+    score = specialisation.specialisation_score(index, groups, num_experts)
+    figures.routing_heatmap_by_group(
+        share, names, os.path.join(out_dir, f"routing_by_{key}.png"), group_label=key,
+        n_examples=np.bincount(groups, minlength=len(names)), score=score)
+    result[f"expert_share_by_{key}"] = {n: row.tolist() for n, row in zip(names, share)}
+    result[f"specialisation_{key}"] = None if np.isnan(score) else score
+  return result
+
+
 def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best",
                      out_dir: str | None = None) -> dict:
   """Restores only the parameters of one checkpoint (onto the run's mesh) and evaluates a
@@ -76,8 +102,10 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
   mesh = sharding.make_mesh(config.mesh, config.model.moe.num_experts)
   sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   data = pipeline.load_dataset(config)
-  if split not in data.splits:
-    raise BadInputError(f"unknown split {split!r}; have {sorted(data.splits)}")
+  parts = data.parts if isinstance(data, pipeline.Mixture) else [data]
+  have = sorted({s for p in parts for s in p.splits})
+  if split not in have:
+    raise BadInputError(f"unknown split {split!r}; have {have}")
   _, graphdef, abstract = abstract_model(config.model, config.seed)
   shardings = sharding.tree_shardings(mesh, abstract)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
@@ -86,17 +114,26 @@ def evaluate_workdir(workdir: str, split: str = "test", checkpoint: str = "best"
     params = ckpt.restore_params(step, abstract, shardings)
   finally:
     ckpt.close()
-  eval_fn = jit_eval_step(graphdef, config.data.task, mesh, shardings)
+  eval_fn = jit_eval_step(graphdef, pipeline.step_task(data, config), mesh, shardings)
   rep, out = evaluate.evaluate_split(eval_fn, params, data, split, config, mesh)
   rep.update(split=split, checkpoint_step=step)
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   os.makedirs(out_dir, exist_ok=True)
+  if isinstance(data, pipeline.Mixture):
+    rep.update(routing_by_group(data, split, out, config, out_dir))
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(rep, f, indent=2)
-  arrays = data.splits[split]
-  np.savez(os.path.join(out_dir, "predictions.npz"), labels=arrays.labels,
-           label_mask=arrays.label_mask, **out)
-  write_figures(workdir, out_dir, arrays, out, data.class_names, config, step, split)
+  outs = out if isinstance(data, pipeline.Mixture) else {"": out}
+  for part in parts:
+    if part.name not in outs and len(parts) > 1:
+      continue
+    key = part.name if len(parts) > 1 else ""
+    arrays, part_dir = part.splits[split], os.path.join(out_dir, key)
+    os.makedirs(part_dir, exist_ok=True)
+    np.savez(os.path.join(part_dir, "predictions.npz"), labels=arrays.labels,
+             label_mask=arrays.label_mask, **outs[key])
+    write_figures(workdir, part_dir, arrays, outs[key], part.class_names, config, step,
+                  f"{split}/{key}" if key else split)
   rep["table"] = metrics_lib.format_table(rep)
   rep["out_dir"] = out_dir
   return rep

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,6 +54,20 @@ def heads_loss(logits, labels, label_mask, dataset, heads, valid=None) -> jax.Ar
   return total / jnp.maximum(count, 1.0)
 
 
-def probabilities(logits, task: str) -> jax.Array:
+def loss(logits, batch, task) -> jax.Array:
+  """`task`: one task name, or the heads ((task, num_classes), ...) of a mixture, whose rows
+  say their head in batch['dataset']."""
+  if isinstance(task, str):
+    return classification_loss(logits, batch["labels"], batch["label_mask"], task)
+  return heads_loss(logits, batch["labels"], batch["label_mask"], batch["dataset"], task,
+                    batch.get("valid"))
+
+
+def probabilities(logits, task) -> jax.Array:
+  """Per head for a mixture's heads: sigmoid or a softmax within each head's own logits."""
   logits = logits.astype(jnp.float32)
+  if not isinstance(task, str):
+    bounds = [0] + list(itertools.accumulate(c for _, c in task))
+    return jnp.concatenate([probabilities(logits[:, a:b], t)
+                            for (t, _), a, b in zip(task, bounds, bounds[1:])], axis=-1)
   return jax.nn.sigmoid(logits) if task == "multilabel" else jax.nn.softmax(logits, axis=-1)

@@ -1,4 +1,7 @@
-"""The train state and the two jitted steps (train, eval) as pure functions of it."""
+"""The train state and the two jitted steps (train, eval) as pure functions of it.
+
+`task` is the data's task name, or for a mixture the model's heads ((task, classes), ...):
+a static argument either way (`losses.loss`, `losses.probabilities`)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import optax
 from flax import nnx, struct
 
 from medvlmoe_jax import sharding
-from medvlmoe_jax.train import losses
+from medvlmoe_jax.train import contrastive, losses
 from medvlmoe_jax.train.loss_scale import DynamicLossScale, all_finite
 
 
@@ -29,23 +32,28 @@ def forward(graphdef, params, batch):
                valid=batch.get("valid"), modality=batch.get("modality"))
 
 
-def loss_fn(params, graphdef, batch, task: str, scale):
+def loss_fn(params, graphdef, batch, task, scale, align_weight: float = 0.0):
   logits, aux = forward(graphdef, params, batch)
-  cls = losses.classification_loss(logits, batch["labels"], batch["label_mask"], task)
+  cls = losses.loss(logits, batch, task)
   balance = aux.get("load_balance_loss", jnp.zeros((), jnp.float32))
   total = cls + balance
   stats = {"classification_loss": cls, "load_balance_loss": balance,
            "dropped_tokens": aux.get("dropped_tokens", jnp.zeros((), jnp.int32))}
+  if align_weight:   # over the global batch: the jitted step sees every device's rows
+    align = contrastive.info_nce(aux["image_embedding"], aux["text_embedding"],
+                                 aux["log_scale"], batch.get("valid"))
+    total = total + align_weight * align
+    stats.update(align_loss=align, align_scale=jnp.exp(aux["log_scale"]))
   if "expert_share" in aux:    # (K,) share of the assignments each expert got: expert load
     stats["expert_share"] = aux["expert_share"]
   return total * scale, (total, stats)
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation,
-               task: str, schedules: dict):
+               task, schedules: dict, align_weight: float = 0.0):
   scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1.0)
   grad_fn = jax.grad(loss_fn, has_aux=True)
-  grads, (loss, stats) = grad_fn(state.params, graphdef, batch, task, scale)
+  grads, (loss, stats) = grad_fn(state.params, graphdef, batch, task, scale, align_weight)
   grads = jax.tree.map(lambda g: g / scale, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -63,7 +71,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
   return new_state, metrics
 
 
-def eval_step(params, batch, *, graphdef, task: str):
+def eval_step(params, batch, *, graphdef, task):
   """Probabilities plus routing decisions, for metrics and the routing heatmap. Rows with
   batch['valid'] False (padding) take no part in routing."""
   logits, aux = forward(graphdef, params, batch)
@@ -71,6 +79,9 @@ def eval_step(params, batch, *, graphdef, task: str):
          "dropped_tokens": aux.get("dropped_tokens", jnp.zeros((), jnp.int32))}
   if "expert_index" in aux and aux["expert_index"].shape[0] == logits.shape[0]:
     out["expert_index"] = aux["expert_index"]
+  for key in ("image_embedding", "text_embedding"):   # model.align: for retrieval metrics
+    if key in aux:
+      out[key] = aux[key]
   return out
 
 
@@ -84,11 +95,12 @@ def _under_mesh(fn, mesh):
   return call
 
 
-def jit_train_step(graphdef, tx, task, schedules, mesh, state_shardings):
+def jit_train_step(graphdef, tx, task, schedules, mesh, state_shardings,
+                   align_weight: float = 0.0):
   """The state keeps its shardings across steps (and is donated); batches arrive split over
   ('data', 'expert')."""
   fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task,
-                                 schedules=schedules),
+                                 schedules=schedules, align_weight=align_weight),
                in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                out_shardings=(state_shardings, None), donate_argnums=0)
   return _under_mesh(fn, mesh)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax import sharding
 from medvlmoe_jax.cli import BadInputError
+from medvlmoe_jax.data import mixture as mixture_lib
 from medvlmoe_jax.data import pipeline
 from medvlmoe_jax.models.medvlmoe import abstract_model, build_model
 from medvlmoe_jax.models.pretrained import model_parts, overwrite, pretrained_params
@@ -57,12 +58,56 @@ class Experiment:
   mesh: jax.sharding.Mesh
   state_shardings: object
 
+  @property
+  def task(self):
+    """data.task, or a mixture's heads ((task, classes), ...): what the steps take."""
+    return pipeline.step_task(self.data, self.config)
+
   def jitted(self):
     """(train step, eval step), compiled for the mesh."""
-    task = self.config.data.task
-    return (jit_train_step(self.graphdef, self.tx, task, self.schedules, self.mesh,
-                           self.state_shardings),
-            jit_eval_step(self.graphdef, task, self.mesh, self.state_shardings.params))
+    return (jit_train_step(self.graphdef, self.tx, self.task, self.schedules, self.mesh,
+                           self.state_shardings, self.config.train.align_weight),
+            jit_eval_step(self.graphdef, self.task, self.mesh, self.state_shardings.params))
+
+
+def _set_heads(config: ml_collections.ConfigDict, data: pipeline.Mixture) -> None:
+  """A mixture's model has a head per dataset and an id per modality: set from the data
+  (and saved with the config), or checked where the config gives them."""
+  heads = tuple(c for _, c in data.heads)
+  given = tuple(config.model.heads)
+  if given and given != heads:
+    raise config_lib.ConfigError(f"model.heads={given} but the mixture's datasets "
+                                 f"{data.names} have {heads} classes")
+  if config.model.num_modalities not in (1, len(data.modality_names)):
+    raise config_lib.ConfigError(f"model.num_modalities={config.model.num_modalities} but the "
+                                 f"mixture has {len(data.modality_names)} {data.modality_names}")
+  config.model.heads = heads
+  config.model.num_modalities = len(data.modality_names)
+
+
+def train_examples(data) -> int:
+  if isinstance(data, pipeline.Mixture):
+    return data.num_examples("train")
+  return len(data.splits["train"])
+
+
+def make_train_iterator(data, config, mesh):
+  """Grain's iterator over the training batches (of one dataset, or mixed by weight)."""
+  c = config.data
+  kwargs = dict(worker_count=c.worker_count, rows=sharding.process_rows(mesh, c.batch_size),
+                augment_cfg=c.augment)
+  if isinstance(data, pipeline.Mixture):
+    return mixture_lib.mixed_train_iterator([p.splits["train"] for p in data.parts],
+                                            data.weights, c.batch_size, config.seed,
+                                            names=data.names, **kwargs)
+  return pipeline.train_iterator(data.splits["train"], c.batch_size, seed=config.seed, **kwargs)
+
+
+def host_batch(data, batch: dict) -> dict:
+  """A mixture's rows carry their modality id, from the dataset they came from."""
+  if isinstance(data, pipeline.Mixture):
+    batch["modality"] = np.asarray(data.modality, np.int32)[batch["dataset"]]
+  return batch
 
 
 def init_state(config: ml_collections.ConfigDict, tx, mesh, pretrained: dict | None = None):
@@ -96,7 +141,9 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
   sharding.check_batch(config.data.batch_size, mesh, "data.batch_size")
   sharding.check_batch(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   data = pipeline.load_dataset(config)
-  if len(data.splits["train"]) < config.data.batch_size:
+  if isinstance(data, pipeline.Mixture):
+    _set_heads(config, data)
+  elif len(data.splits["train"]) < config.data.batch_size:
     where = config.data.path if config.data.name == "tfds" else f"data.name={config.data.name!r}"
     raise BadInputError(f"{where}: the train split has {len(data.splits['train'])} examples, "
                         f"fewer than one batch (data.batch_size={config.data.batch_size})")
@@ -105,7 +152,7 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
                                  f"model.text.vocab_size={config.model.text.vocab_size}")
   model, graphdef, abstract = abstract_model(config.model, config.seed)
   counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in abstract.items()}
-  steps_per_epoch = len(data.splits["train"]) // config.data.batch_size
+  steps_per_epoch = max(train_examples(data) // config.data.batch_size, 1)
   total = max(int(round(config.train.epochs * steps_per_epoch)), 1)
   if config.train.max_steps is not None:
     total = min(total, config.train.max_steps)
@@ -157,13 +204,9 @@ def train(exp: Experiment, workdir: str, validate: Callable[[object], float | No
   the host dispatches step after step without waiting for any: the metrics stay on the
   devices until a log or evaluation step fetches them all at once."""
   config = exp.config
-  train_fn = jit_train_step(exp.graphdef, exp.tx, config.data.task, exp.schedules, exp.mesh,
-                            exp.state_shardings)
+  train_fn, _ = exp.jitted()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-  train_iter = pipeline.train_iterator(exp.data.splits["train"], config.data.batch_size,
-                                       seed=config.seed, worker_count=config.data.worker_count,
-                                       rows=sharding.process_rows(exp.mesh, config.data.batch_size),
-                                       augment_cfg=config.data.augment)
+  train_iter = make_train_iterator(exp.data, config, exp.mesh)
   state = exp.state
   trainer = {"best_auc": None, "best_step": None, "bad_evals": 0, "stopped": False}
   start = ckpt.latest_step()
@@ -181,7 +224,7 @@ def train(exp: Experiment, workdir: str, validate: Callable[[object], float | No
              disable=not (jax.process_index() == 0 and sys.stderr.isatty()),
              desc="train", dynamic_ncols=True)
   while step < exp.total_steps and not trainer["stopped"]:
-    batch = sharding.put_batch(next(train_iter), exp.mesh)
+    batch = sharding.put_batch(host_batch(exp.data, next(train_iter)), exp.mesh)
     state, m = train_fn(state, batch)
     step += 1
     pending.append((step, m))
