@@ -164,13 +164,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_config, tmp_path, mo
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
 
 
-def _train_cmd(workdir):
-  return [sys.executable, "launch/train.py", "--config", "configs/demo.py", "--workdir", workdir,
-          "--config.data.synthetic.num_train=512", "--config.data.synthetic.num_val=64",
-          "--config.data.synthetic.num_test=64", "--config.data.batch_size=32",
-          "--config.train.epochs=3", "--config.train.warmup_epochs=1",
+def _train_cmd(workdir, config="configs/demo.py"):
+  size = (["--config.train.max_steps=48"] if "multimodal" in config else   # 64 steps an epoch
+          ["--config.data.synthetic.num_train=512", "--config.data.synthetic.num_val=64",
+           "--config.data.synthetic.num_test=64", "--config.train.epochs=3"])
+  return [sys.executable, "launch/train.py", "--config", config, "--workdir", workdir,
+          "--config.data.batch_size=32", "--config.train.warmup_epochs=1",
           "--config.train.eval_every_epochs=0.25", "--config.train.log_every_steps=1",
-          "--config.eval.n_boot=10", "--config.train.patience=100"]
+          "--config.eval.n_boot=10", "--config.train.patience=100", *size]
 
 
 def _losses(workdir):
@@ -182,15 +183,17 @@ def _losses(workdir):
 
 
 @pytest.mark.slow   # two training runs in subprocesses (CI's `pytest -m slow`)
-def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
-  """A run killed after step N's checkpoint and restarted logs the same losses after N."""
+@pytest.mark.parametrize("config", ["configs/demo.py", "configs/demo_multimodal.py"])
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, config):
+  """A run killed after step N's checkpoint and restarted logs the same losses after N (one
+  dataset, and a mixture of two with a head each, modality routing and alignment)."""
   env = dict(os.environ, PYTHONPATH=ROOT)
   ref_dir, kill_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
-  subprocess.run(_train_cmd(ref_dir), cwd=ROOT, env=env, check=True, capture_output=True,
-                 timeout=600)
+  subprocess.run(_train_cmd(ref_dir, config), cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
 
-  proc = subprocess.Popen(_train_cmd(kill_dir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(_train_cmd(kill_dir, config), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(kill_dir, "checkpoints")
   deadline = time.time() + 300
   killed_after = None
@@ -206,8 +209,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   partial = _losses(kill_dir)
   assert max(partial) < 48, "killed too late to test anything"
 
-  subprocess.run(_train_cmd(kill_dir), cwd=ROOT, env=env, check=True, capture_output=True,
-                 timeout=600)
+  subprocess.run(_train_cmd(kill_dir, config), cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
   ref, resumed = _losses(ref_dir), _losses(kill_dir)
   assert sorted(ref) == list(range(1, 49)) and sorted(resumed) == sorted(ref)
   after = [s for s in ref if s > killed_after]
