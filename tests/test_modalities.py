@@ -173,9 +173,10 @@ def test_alignment_trains_and_evaluation_reports_retrieval(tmp_path):
   rows = [r for r in read_metrics(str(tmp_path)) if r["split"] == "train"]
   assert all(np.isfinite(r["align_loss"]) and r["align_loss"] > 0 for r in rows)
   r = rep["retrieval"]
-  assert set(r) >= {"image_to_text_R@1", "text_to_image_R@10", "chance_R@1"}
+  assert set(r) >= {"image_to_text_R@1", "text_to_image_R@10", "text_to_image_chance_R@1"}
   assert 0 <= r["image_to_text_R@1"] <= r["image_to_text_R@5"] <= r["image_to_text_R@10"] <= 1
-  assert 0 < r["chance_R@1"] < 0.1 and r["distinct_texts"] > 32
+  assert r["image_to_text_chance_R@1"] == 1 / r["distinct_texts"] and r["distinct_texts"] > 32
+  assert 0 < r["text_to_image_chance_R@1"] < 0.1
 
 
 def test_word_vocabulary_keeps_the_ids_of_earlier_runs():

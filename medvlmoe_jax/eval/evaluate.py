@@ -73,9 +73,11 @@ def retrieval_report(out: dict, arrays) -> dict | None:
     return None
   from medvlmoe_jax.eval import retrieval
   rep = retrieval.recall_at_k(out["image_embedding"], out["text_embedding"], text_keys=texts)
-  _, counts = np.unique(np.asarray(texts), return_inverse=False, return_counts=True)
-  # A random ranking finds one of a query's m matches first with probability m / N.
-  rep["chance_R@1"] = float(np.sum(counts ** 2) / len(texts) ** 2)
+  _, counts = np.unique(np.asarray(texts), return_counts=True)
+  # Chance: image -> text ranks the distinct texts, one of which is right; text -> image
+  # finds one of a query's m images first with probability m / N.
+  rep["image_to_text_chance_R@1"] = 1.0 / len(counts)
+  rep["text_to_image_chance_R@1"] = float(np.sum(counts ** 2) / len(texts) ** 2)
   rep["distinct_texts"] = int(len(counts))
   return rep
 

@@ -166,5 +166,6 @@ def format_table(report: dict) -> str:
     r = report["retrieval"]
     lines.append("retrieval R@1/5/10: image->text " + " / ".join(
         fmt(r[f"image_to_text_R@{k}"]) for k in (1, 5, 10)) + ", text->image " + " / ".join(
-        fmt(r[f"text_to_image_R@{k}"]) for k in (1, 5, 10)) + f" (chance R@1 {fmt(r['chance_R@1'])})")
+        fmt(r[f"text_to_image_R@{k}"]) for k in (1, 5, 10)) + " (chance R@1 "
+        f"{fmt(r['image_to_text_chance_R@1'])} / {fmt(r['text_to_image_chance_R@1'])})")
   return "\n".join(lines)

@@ -43,9 +43,12 @@ def recall_at_k(image_emb, text_emb, ks=(1, 5, 10), text_keys=None) -> dict[str,
   (N,) (the report sentence, or a hash of it) every candidate sharing the query's key is
   correct, because several studies may share one sentence (e.g. "No acute findings."), and
   retrieving a twin is not an error: text j is correct for image i if keys[j] == keys[i],
-  image i is correct for text j likewise. Ties rank by a stable argsort of -similarity (the
-  lower index first), so tied scores are neither rewarded nor penalised at random. k above N
-  is clipped to N (recall 1.0), the key keeps the requested k so that reports line up.
+  image i is correct for text j likewise. Image -> text then ranks the distinct texts only
+  (the first of each key: one sentence is one embedding), so that copies of one wrong
+  sentence cannot fill the top k. Ties rank by a stable argsort of -similarity (the lower
+  index first), so tied scores are neither rewarded nor penalised at random. k above the
+  number of candidates is clipped (recall 1.0); the key keeps the requested k so that
+  reports line up.
   """
   img, txt = _unit(image_emb), _unit(text_emb)
   if img.ndim != 2 or img.shape != txt.shape:
@@ -61,11 +64,14 @@ def recall_at_k(image_emb, text_emb, ks=(1, 5, 10), text_keys=None) -> dict[str,
   ks = [int(k) for k in ks]
   if any(k < 1 for k in ks):
     raise ValueError(f"ks must be positive, got {ks}")
+  first = np.unique(codes, return_index=True)[1]     # one text per key
   out = {}
-  for name, queries, candidates in (("image_to_text", img, txt), ("text_to_image", txt, img)):
-    ranks = _ranks(queries, candidates, codes, codes) if n else None
+  for name, queries, candidates, c_codes in (
+      ("image_to_text", img, txt[first], codes[first]), ("text_to_image", txt, img, codes)):
+    ranks = _ranks(queries, candidates, codes, c_codes) if n else None
     for k in ks:
-      out[f"{name}_R@{k}"] = float(np.mean(ranks < min(k, n))) if n else float("nan")
+      out[f"{name}_R@{k}"] = (float(np.mean(ranks < min(k, len(candidates)))) if n
+                              else float("nan"))
   return out
 
 
