@@ -192,3 +192,19 @@ def test_word_vocabulary_keeps_the_ids_of_earlier_runs():
   assert tokenizer.vocab[2:] == words and len(set(words)) == len(words)
   ids, _ = tokenizer(["a fundus photograph , findings : finding 3 ."], 12)
   assert 1 not in ids[0]     # no unknown word
+
+
+def test_multi_scale_expert_load_is_logged_by_the_train_step():
+  from conftest import shrunk_demo_config
+  from medvlmoe_jax.data import pipeline
+  from medvlmoe_jax.train import trainer as trainer_lib
+  c = shrunk_demo_config(num_train=64)
+  c.model.vision.feature_layers = (1, 2)
+  c.model.moe.granularity = "token"
+  exp = trainer_lib.create_experiment(c)
+  train_fn, _ = exp.jitted()
+  it = pipeline.train_iterator(exp.data.splits["train"], c.data.batch_size, seed=0)
+  _, metrics = train_fn(exp.state, next(it))
+  share = np.asarray(metrics["expert_share_by_scale"])
+  assert share.shape == (2, 8)
+  np.testing.assert_allclose(share.sum(1), 1.0, rtol=1e-6)

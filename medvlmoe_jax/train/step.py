@@ -46,6 +46,8 @@ def loss_fn(params, graphdef, batch, task, scale, align_weight: float = 0.0):
     stats.update(align_loss=align, align_scale=jnp.exp(aux["log_scale"]))
   if "expert_share" in aux:    # (K,) share of the assignments each expert got: expert load
     stats["expert_share"] = aux["expert_share"]
+  if "expert_share_by_scale" in aux:   # (S, K): the same per visual scale (feature_layers)
+    stats["expert_share_by_scale"] = aux["expert_share_by_scale"]
   return total * scale, (total, stats)
 
 
