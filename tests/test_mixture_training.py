@@ -62,6 +62,7 @@ def test_mixture_entry_errors_name_the_entry():
     pipeline.load_dataset(c)
 
 
+@pytest.mark.slow   # three short training runs and an evaluation (CI's `pytest -m slow`)
 def test_mixture_run_reports_each_dataset_and_resumes_exactly(tmp_path):
   """Each dataset's report is the one a run on it alone would give (its own classes), the
   mean is over datasets; stopping at step 4 and resuming gives the uninterrupted losses."""

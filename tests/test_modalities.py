@@ -162,6 +162,7 @@ def test_alignment_embeddings_come_before_fusion():
   assert optax.global_norm(aux["image_embedding"]) > 0
 
 
+@pytest.mark.slow   # a short training run with evaluation (CI's `pytest -m slow`)
 def test_alignment_trains_and_evaluation_reports_retrieval(tmp_path):
   from conftest import shrunk_demo_config
   from medvlmoe_jax.experiment import train_and_evaluate
