@@ -20,6 +20,7 @@ import os
 
 from medvlmoe_jax import config as config_lib
 
+ARGS = ("retinamnist", "breastmnist", "pneumoniamnist", "mix_none", "mix_modality")
 SETS = {"retinamnist": ("ordinal", 5, 1080, "fundus"),
         "breastmnist": ("multiclass", 2, 546, "ultrasound"),
         "pneumoniamnist": ("multiclass", 2, 3882, "chest x-ray")}

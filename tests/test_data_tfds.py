@@ -239,8 +239,9 @@ def test_every_config_file_is_valid(path):
     return
   sys.path.insert(0, ROOT)
   module = __import__(f"configs.{name}", fromlist=["get_config"])
-  dataset_config = "arg" in module.get_config.__code__.co_varnames   # CONFIG and CONFIG:small
-  for arg in [None] + (["small"] if dataset_config else []):
+  variants = getattr(module, "ARGS", None)   # a config that lists its own CONFIG:ARG values
+  dataset_config = variants is None and "arg" in module.get_config.__code__.co_varnames
+  for arg in [None] + (["small"] if dataset_config else list(variants or [])):
     c = module.get_config(arg) if arg else module.get_config()
     config_lib.validate(c)
   if dataset_config:                  # the paper's recipe
