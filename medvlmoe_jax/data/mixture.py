@@ -127,11 +127,6 @@ def mixed_train_iterator(splits: Sequence, weights: Sequence[float], batch_size:
                      .repeat(None)
                      .map(_Tag(d)))
       kept.append(int(props[d]))
-  ds = (grain.MapDataset.mix(parents, kept)
-        .batch(batch_size, drop_remainder=True)
-        .random_map(load, seed=seed))
-  it = ds.to_iter_dataset()
-  if worker_count > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(it)
+  return pipeline.batched(grain.MapDataset.mix(parents, kept), batch_size, load, seed,
+                          worker_count)
 

@@ -285,12 +285,17 @@ def train_iterator(split, batch_size: int, seed: int, worker_count: int = 0,
       batch["image"] = augment(batch["image"], rng, augment_cfg)
     return batch
 
-  ds = (grain.MapDataset.range(n)
-        .shuffle(seed=seed)
-        .repeat(None)
-        .batch(batch_size, drop_remainder=True)
-        .random_map(load, seed=seed))
-  it = ds.to_iter_dataset()
+  return batched(grain.MapDataset.range(n).shuffle(seed=seed).repeat(None), batch_size, load,
+                 seed, worker_count)
+
+
+def batched(ds: grain.MapDataset, batch_size: int, load, seed: int,
+            worker_count: int = 0) -> grain.DatasetIterator:
+  """The endless stream of items `ds` as training batches: `load(items, rng)` per batch
+  (seeded by the batch number, so resume is exact), in `worker_count` processes if > 0."""
+  it = (ds.batch(batch_size, drop_remainder=True)
+        .random_map(load, seed=seed)
+        .to_iter_dataset())
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(it)

@@ -76,12 +76,12 @@ class CLIPVisionTransformer(nnx.Module):
     x = jnp.concatenate([cls, patches], axis=1) + self.position_embedding[...].astype(self.dtype)
     x = self.pre_layrnorm(x)
     block = rematerialise(lambda layer, x: layer(x), self.remat)
-    kept = []
+    kept = {}
     for i, layer in enumerate(self.layers, 1):
       x = block(layer, x)
       if i in layers:
-        kept.append(x)
-    return [kept[sorted(layers).index(i)] for i in layers] if layers else x
+        kept[i] = x
+    return [kept[i] for i in layers] if layers else x
 
   def pooled(self, hidden: jax.Array) -> jax.Array:
     """HF `pooler_output`: post_layernorm of the class token."""
