@@ -12,6 +12,10 @@ outside compiled compute, for the tiny, small and full model sizes.
 must move at the memory bandwidth (a large copy / read) and its FLOPs at a large matmul's FLOP/s,
 both measured in the same run.
 `data`: records per second of data preparation and of the training input pipeline.
+`compile`: a deviceless compile of the paper-recipe configs' train and eval steps for NVIDIA
+GPUs (default 8x A100 80 GB, 8x H100 SXM, 1x H200; `--config`, `--target`, `--devices`,
+`--batch` narrow it): whether each compiles, its peak memory per device, the fused-attention
+calls per site, the all-to-all count and the MoE dispatch. Needs the gpu-compile extra.
 Every comparison is taken in one process with interleaved repeats and medians; the README's
 Benchmarks section says what each figure means.
 """
@@ -28,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
 _SIMULATE = flags.DEFINE_integer("simulate_devices", 0, "Simulated CPU devices (0: real devices).")
 _ROUNDS = flags.DEFINE_integer("rounds", None, "Interleaved timing rounds (default per benchmark).")
-_BATCH = flags.DEFINE_integer("batch", 32, "moe/data: examples per batch.")
+_BATCH = flags.DEFINE_integer("batch", None, "moe/data: examples per batch (default 32); "
+                              "compile: the batch of both steps (default: the config's).")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "moe/train compute dtype (default float32 on CPU, bfloat16 on GPU).")
 _SIZES = flags.DEFINE_list("sizes", "tiny,small,full", "train: model sizes to run.")
@@ -36,7 +41,13 @@ _FULL_BATCH = flags.DEFINE_integer("full_batch", None, "train: batch of the full
                                    "(default 2 on CPU, 32 on GPU).")
 _SHARED = flags.DEFINE_string("shared_data", os.path.join(ROOT, "..", "shared", "data"),
                               "The shared real-data folder (data benchmark).")
-BENCHMARKS = ("encoders", "train", "moe", "roofline", "data")
+_CONFIGS = flags.DEFINE_multi_string("config", None, "compile: config files (default: every "
+                                     "paper-recipe config in configs/).")
+_TARGET = flags.DEFINE_multi_enum("target", None, ["a100_80gb", "h100_sxm", "h200"],
+                                  "compile: GPU targets (default: 8x a100_80gb, 8x h100_sxm, "
+                                  "1x h200).")
+_DEVICES = flags.DEFINE_integer("devices", None, "compile: GPUs per target (default 8, 1 for h200).")
+BENCHMARKS = ("encoders", "train", "moe", "roofline", "data", "compile")
 
 
 def main(argv):
@@ -45,11 +56,15 @@ def main(argv):
   if _SIMULATE.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_SIMULATE.value}")
+  if argv[1] == "compile":   # compile-only GPUs: the CUDA plugin must not start a backend
+    os.environ["JAX_PLATFORMS"] = "cpu"
   import jax   # after XLA_FLAGS is set
+  from medvlmoe_jax import platform
   from medvlmoe_jax.benchmark import data, encoders, moe, roofline, train
-  dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+  dtype = _DTYPE.value or ("float32" if platform.current().platform == "cpu" else "bfloat16")
+  batch = _BATCH.value or 32
   rounds = lambda default: _ROUNDS.value or default
-  chosen = BENCHMARKS if argv[1] == "all" else (argv[1],)
+  chosen = tuple(b for b in BENCHMARKS if b != "compile") if argv[1] == "all" else (argv[1],)
   results = {}
   for name in chosen:
     if name == "encoders":
@@ -62,14 +77,25 @@ def main(argv):
                                 dtype=dtype, full_batch=_FULL_BATCH.value)
       print(train.table(results[name]))
     elif name == "moe":
-      results[name] = moe.run(batch=_BATCH.value, dtype=dtype, rounds=rounds(7))
+      results[name] = moe.run(batch=batch, dtype=dtype, rounds=rounds(7))
       print(moe.table(results[name]))
     elif name == "roofline":
-      results[name] = roofline.run(batch=_BATCH.value, dtype=dtype, rounds=rounds(9))
+      results[name] = roofline.run(batch=batch, dtype=dtype, rounds=rounds(9))
       print(roofline.table(results[name]))
-    else:
-      results[name] = data.run(os.path.abspath(_SHARED.value), batch_size=_BATCH.value)
+    elif name == "data":
+      results[name] = data.run(os.path.abspath(_SHARED.value), batch_size=batch)
       print(data.table(results[name]))
+    else:
+      from medvlmoe_jax.benchmark import deviceless
+      configs = (deviceless.load_configs(_CONFIGS.value) if _CONFIGS.value else
+                 deviceless.paper_configs(ROOT))
+      cases = deviceless.DEFAULT_CASES
+      if _TARGET.value:
+        cases = tuple((t, _DEVICES.value or dict(cases).get(t, 8)) for t in _TARGET.value)
+      elif _DEVICES.value:
+        cases = tuple((t, _DEVICES.value) for t, _ in cases)
+      results[name] = deviceless.run(configs, cases, batch=_BATCH.value)
+      print(deviceless.table(results[name]))
     print(flush=True)
   if _JSON.value:
     with open(_JSON.value, "w") as f:

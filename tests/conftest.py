@@ -3,6 +3,10 @@ import sys
 
 import pytest
 
+# The suite runs on the CPU. With the gpu-compile extra installed, the CUDA plugin would
+# otherwise try to start a GPU at JAX's start (and lose its compile-only topology API).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 # tests/multidevice needs 8 simulated devices, set before JAX starts: test_multidevice.py
 # runs it in a subprocess.
 collect_ignore = [] if os.environ.get("MEDVLMOE_MULTIDEVICE") else ["multidevice"]

@@ -12,7 +12,7 @@ from conftest import ROOT
 LAYERS = {
     "cli": 0,                         # BadInputError and the scripts' wrapper
     "config": 1,
-    "tree": 2, "nn": 2,
+    "tree": 2, "nn": 2, "platform": 2,
     "sharding": 3, "distributed": 3,
     "data": 4,
     "moe": 5,

@@ -10,6 +10,7 @@ from medvlmoe_jax import config as config_lib
 from medvlmoe_jax.data import preprocess
 from medvlmoe_jax.models.medvlmoe import build_model
 from medvlmoe_jax.models.vision import normalize_pixels
+from tolerance import float32_atol
 
 
 def tiny_model_config(**overrides):
@@ -163,6 +164,11 @@ def test_dot_product_attention_equals_blocked(mask_name):
     np.testing.assert_allclose(g, r, atol=1e-6)
 
 
+# The longest reduction in the tiny model's forward and backward: the MoE's 128-wide hidden
+# layer (the fused width 2 x 64), summed over a batch of 3 for the weight gradients.
+MODEL_REDUCTION = 3 * 128
+
+
 @pytest.mark.float32_parity
 def test_model_with_dot_product_attention_equals_blocked():
   """The whole model (ViT self-attention, BioGPT causal + padding, the fusion's key padding)
@@ -178,28 +184,9 @@ def test_model_with_dot_product_attention_equals_blocked():
       return jax.jit(jax.value_and_grad(loss))(params)
 
   (loss, grads), (ref, ref_grads) = run("xla"), run("blocked")
-  np.testing.assert_allclose(loss, ref, atol=1e-6)
+  np.testing.assert_allclose(loss, ref, atol=float32_atol(ref, MODEL_REDUCTION))
   for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-    np.testing.assert_allclose(g, r, atol=1e-6)
-
-
-def test_attention_implementation_per_backend(monkeypatch):
-  """Blocked on CPUs; cuDNN flash attention on GPUs for bf16/fp16 and the head widths it
-  takes (`implementation=None` would be XLA's path); XLA's path otherwise."""
-  from medvlmoe_jax.models import layers
-  assert layers.attention_implementation(jnp.float32, 64) == "blocked"
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert layers.attention_implementation(jnp.bfloat16, 64) == "cudnn"
-  assert layers.attention_implementation(jnp.float16, 128) == "cudnn"
-  assert layers.attention_implementation(jnp.float32, 64) == "xla"
-  assert layers.attention_implementation(jnp.bfloat16, 160) == "xla"
-  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-  assert layers.attention_implementation(jnp.bfloat16, 64) == "xla"
-  with layers.force_attention("blocked"):
-    assert layers.attention_implementation(jnp.bfloat16, 64) == "blocked"
-  with pytest.raises(ValueError, match="flash"):
-    with layers.force_attention("flash"):
-      pass
+    np.testing.assert_allclose(g, r, atol=float32_atol(r, MODEL_REDUCTION))
 
 
 @pytest.mark.slow

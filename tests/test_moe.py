@@ -292,16 +292,6 @@ def test_blocks_hold_one_expert_each():
   np.testing.assert_array_equal(experts[kept_rows // block], np.asarray(index)[np.asarray(kept)])
 
 
-def test_default_dispatch_per_backend():
-  small, large = jnp.zeros((32, 2), jnp.int32), jnp.zeros((3072, 2), jnp.int32)
-  for backend in ("gpu", "tpu"):
-    assert dispatch.default_impl(large, K, True, backend) == "blocks"
-    assert dispatch.default_impl(small, K, True, backend) == "slots"
-    assert dispatch.default_impl(large, K, False, backend) == "slots"
-  assert dispatch.default_impl(small, K, True, "cpu") == "slots"
-  assert dispatch.default_impl(large, K, True, "cpu") == "cpu_kernel"
-
-
 def test_config_key_chooses_the_dispatch():
   c = config_lib.defaults()
   assert c.model.moe.dispatch == "auto"

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from medvlmoe_jax import platform
 from medvlmoe_jax.benchmark.timing import time_interleaved
 from medvlmoe_jax.convert.encoders import convert_text, convert_vision
 from medvlmoe_jax.models.pretrained import assign
@@ -107,7 +108,7 @@ def run(batches: tuple[int, ...] = (1, 8), seq: int = 64,
   torch.set_num_threads(threads)
   results = {"config": dict(batches=list(batches), text_seq=seq, matmul_n=list(matmul_n),
                             rounds=rounds, threads=threads, torch=torch.__version__,
-                            jax=jax.__version__, backend=jax.default_backend()),
+                            jax=jax.__version__, backend=platform.current().platform),
              "models": []}
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory(prefix="medvlmoe_enc_bench_") as workdir:

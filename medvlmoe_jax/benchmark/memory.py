@@ -33,13 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medvlmoe_jax import config as config_lib
-from medvlmoe_jax import sharding
-from medvlmoe_jax.data import pipeline
-from medvlmoe_jax.models.medvlmoe import abstract_model
-from medvlmoe_jax.train import optimizer as optim_lib
-from medvlmoe_jax.train.loss_scale import DynamicLossScale
-from medvlmoe_jax.train.step import TrainState, jit_train_step
+from medvlmoe_jax import platform
+from medvlmoe_jax.benchmark import deviceless
 
 GB = 1e9
 # Keeps remat's optimization barriers through XLA:CPU's CSE (see the module docstring).
@@ -61,32 +56,10 @@ def full_config(batch: int, dtype: str, remat: str | None = None):
 
 
 def abstract_step(config):
-  """(jitted train step, abstract state, abstract batch, mesh) for `config`, nothing allocated
-  but one batch of synthetic data (for the batch's exact keys and dtypes)."""
-  config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh, config.model.moe.num_experts)
-  _, graphdef, params = abstract_model(config.model, config.seed)
-  schedules = optim_lib.schedules(config.optim, 100, config.train.epochs,
-                                  config.train.warmup_epochs)
-  tx = optim_lib.make_optimizer(config.optim, params, schedules)
-  ls = config.optim.loss_scale
-
-  def init(params):
-    scale = (DynamicLossScale.create(ls.initial, ls.growth_interval)
-             if config.model.dtype == "float16" else None)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      loss_scale=scale)
-
-  state = jax.eval_shape(init, params)
-  shardings = sharding.tree_shardings(mesh, state)
-  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       state, shardings)
-  split = pipeline.load_dataset(config).splits["train"]
-  host = split.gather(np.arange(config.data.batch_size))
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
-           for k, v in host.items()}
-  step = jit_train_step(graphdef, tx, config.data.task, schedules, mesh, shardings)
-  return step, state, batch, mesh
+  """(jitted train step, abstract state, abstract batch, mesh) for `config` on this host's
+  devices, nothing allocated."""
+  step, _, state, mesh = deviceless.abstract_steps(config, None)
+  return step, state, deviceless.abstract_batch(config, config.data.batch_size, mesh, False), mesh
 
 
 def memory_of(compiled) -> dict:
@@ -118,7 +91,7 @@ def measure(config, attention: str | None = None) -> dict:
               gflop=float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan"),
               batch=config.data.batch_size, dtype=config.model.dtype,
               remat=config.model.get("remat"), attention=attention or "default",
-              backend=jax.default_backend())
+              backend=platform.current().platform)
 
 
 def time_attention(batch: int = 2, dtype: str = "float32", rounds: int = 7) -> list[dict]:
@@ -135,7 +108,7 @@ def time_attention(batch: int = 2, dtype: str = "float32", rounds: int = 7) -> l
   cases = {"vit_self": (257, 257, 16, None), "biogpt_causal": (64, 64, 16, causal),
            "fusion_v_from_t": (257, 64, 8, text_mask[:, None, None, :]),
            "fusion_t_from_v": (64, 257, 8, None)}
-  impls = ["blocked", "xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+  impls = ["blocked", "xla"] + (["cudnn"] if platform.current().platform == "gpu" else [])
   out = []
   for name, (lq, lk, heads, mask) in cases.items():
     q = jnp.asarray(rng.normal(size=(batch, lq, heads, 64)) / 8, dt)

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from medvlmoe_jax import platform
 from medvlmoe_jax import sharding
 from medvlmoe_jax.benchmark.timing import time_interleaved
 from medvlmoe_jax.moe import dispatch
@@ -78,7 +79,7 @@ def run(batch: int = 32, dim: int = 512, hidden: int = 2048, num_experts: int = 
         ml_collections.ConfigDict(dict(data=-1, expert=-1)), num_experts)
   results = {"config": dict(batch=batch, dim=dim, hidden=hidden, num_experts=num_experts,
                             top_k=top_k, tokens_per_example=tokens_per_example, dtype=dtype,
-                            devices=n, backend=jax.default_backend()),
+                            devices=n, backend=platform.current().platform),
              "cases": [], "impls": []}
   rng = np.random.default_rng(0)
   moe = lambda width, **kw: SparseMoE(width, hidden, num_experts=num_experts, top_k=top_k,

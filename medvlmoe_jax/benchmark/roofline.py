@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from medvlmoe_jax import platform
 from medvlmoe_jax.benchmark.moe import _call, _fns, _shapes
 from medvlmoe_jax.benchmark.timing import time_interleaved
 from medvlmoe_jax.moe import dispatch, routing
@@ -157,7 +158,7 @@ def run(batch: int = 32, dim: int = 512, hidden: int = 2048, num_experts: int = 
     cases[0]["flops_computed"], cases[1]["flops_computed"] = computed["forward"], computed["train"]
   return {"config": dict(batch=batch, dim=dim, tokens=tokens, width=width, hidden=hidden,
                          num_experts=num_experts, top_k=top_k, dtype=dtype, copy_mb=copy_mb,
-                         matmul_n=matmul_n, rounds=rounds, backend=jax.default_backend(),
+                         matmul_n=matmul_n, rounds=rounds, backend=platform.current().platform,
                          cpus=os.cpu_count(), load_before=load, load_after=os.getloadavg()[0]),
           "routing": route, "bandwidth_gb_s": {k: v / 1e9 for k, v in bandwidth.items()},
           "matmul_gflop_s": peak / 1e9, "ridge_flop_per_byte": peak / best_bw, "cases": cases}

@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from medvlmoe_jax import platform
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax import sharding
 from medvlmoe_jax.benchmark import flops as flops_lib
@@ -81,7 +82,7 @@ def size_config(demo: ml_collections.ConfigDict, size: str, dtype: str = "float3
     c.data.image_size = 224
     c.data.text_max_len = 64
     c.model.fusion.max_text_len = 64
-    c.data.batch_size = 2 if jax.default_backend() == "cpu" else 32
+    c.data.batch_size = 2 if platform.current().platform == "cpu" else 32
   elif size != "tiny":
     raise ValueError(f"unknown size {size!r} (tiny, small, full)")
   if size != "tiny":
@@ -182,7 +183,7 @@ def run(demo: ml_collections.ConfigDict, sizes=("tiny", "small", "full"),
         steps: int | None = None, rounds: int = 3, dtype: str = "float32",
         full_batch: int | None = None) -> dict:
   """`demo`: configs/demo.py's config, which the three sizes start from."""
-  results = {"config": dict(backend=jax.default_backend(), devices=jax.device_count(),
+  results = {"config": dict(backend=platform.current().platform, devices=jax.device_count(),
                             device_kind=jax.devices()[0].device_kind, rounds=rounds),
              "sizes": []}
   for size in sizes:

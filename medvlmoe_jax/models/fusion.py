@@ -38,14 +38,15 @@ class BidirectionalCrossAttention(nnx.Module):
   """
 
   def __init__(self, dim: int, heads: int, *, dtype, rngs: nnx.Rngs):
-    self.vision_from_text = Attention(dim, heads, dtype=dtype, rngs=rngs)
-    self.text_from_vision = Attention(dim, heads, dtype=dtype, rngs=rngs)
+    self.vision_from_text = Attention(dim, heads, dtype=dtype, rngs=rngs,
+                                      site="fusion_vision_from_text")
+    self.text_from_vision = Attention(dim, heads, dtype=dtype, rngs=rngs,
+                                      site="fusion_text_from_vision")
     self.vision_norm = layer_norm(dim, eps=1e-5, dtype=dtype, rngs=rngs)
     self.text_norm = layer_norm(dim, eps=1e-5, dtype=dtype, rngs=rngs)
 
   def __call__(self, zv, zt, text_mask):
-    key_mask = (text_mask > 0)[:, None, None, :]
-    fv = self.vision_norm(zv + self.vision_from_text(zv, kv=zt, mask=key_mask))
+    fv = self.vision_norm(zv + self.vision_from_text(zv, kv=zt, key_mask=text_mask > 0))
     ft = self.text_norm(zt + self.text_from_vision(zt, kv=zv))
     return fv, ft
 

@@ -19,12 +19,12 @@ class BioGptDecoderLayer(nnx.Module):
 
   def __init__(self, width, heads, ffn_dim, eps, *, dtype, rngs):
     self.self_attn_layer_norm = layer_norm(width, eps=eps, dtype=dtype, rngs=rngs)
-    self.self_attn = Attention(width, heads, dtype=dtype, rngs=rngs)
+    self.self_attn = Attention(width, heads, dtype=dtype, rngs=rngs, site="text_causal")
     self.final_layer_norm = layer_norm(width, eps=eps, dtype=dtype, rngs=rngs)
     self.mlp = MLP(width, ffn_dim, "gelu", dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, mask):
-    x = x + self.self_attn(self.self_attn_layer_norm(x), mask=mask)
+  def __call__(self, x, key_mask):
+    x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask=key_mask, causal=True)
     return x + self.mlp(self.final_layer_norm(x))
 
 
@@ -54,10 +54,8 @@ class BioGpt(nnx.Module):
     positions = jnp.cumsum(attention_mask, axis=1) * attention_mask - 1 + POSITION_OFFSET
     x = self.embed_tokens[...][input_ids] * self.embed_scale
     x = (x + self.embed_positions[...][positions]).astype(self.dtype)
-    length = input_ids.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    mask = causal[None, None] & (attention_mask[:, None, None, :] > 0)
-    block = rematerialise(lambda layer, x, mask: layer(x, mask), self.remat)
+    key_mask = attention_mask > 0     # with causality: the mask HF builds
+    block = rematerialise(lambda layer, x, key_mask: layer(x, key_mask), self.remat)
     for layer in self.layers:
-      x = block(layer, x, mask)
+      x = block(layer, x, key_mask)
     return self.layer_norm(x)

@@ -16,7 +16,7 @@ class CLIPEncoderLayer(nnx.Module):
 
   def __init__(self, width, heads, mlp_dim, eps, *, dtype, rngs):
     self.layer_norm1 = layer_norm(width, eps=eps, dtype=dtype, rngs=rngs)
-    self.self_attn = Attention(width, heads, dtype=dtype, rngs=rngs)
+    self.self_attn = Attention(width, heads, dtype=dtype, rngs=rngs, site="vision_self")
     self.layer_norm2 = layer_norm(width, eps=eps, dtype=dtype, rngs=rngs)
     self.mlp = MLP(width, mlp_dim, "quick_gelu", dtype=dtype, rngs=rngs)
 

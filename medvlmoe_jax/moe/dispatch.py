@@ -21,6 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from medvlmoe_jax import platform
 from medvlmoe_jax.moe import grouped_matmul
 from medvlmoe_jax.moe.experts import ExpertParams, expert_mlp
 
@@ -102,19 +103,22 @@ def rows_to_tokens(out: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.A
   return jnp.sum(picked * weights.astype(out.dtype)[..., None], axis=1)
 
 
-def dropless_capacities(num_tokens: int, top_k: int, num_experts: int) -> list[int]:
+def dropless_capacities(num_tokens: int, top_k: int, num_experts: int,
+                        min_capacity: int = 8) -> list[int]:
   """Slot capacities for dropless slot dispatch, to pick from at run time: from
-  max(8, mean rows per expert) up to `num_tokens` in steps of sqrt(2). Capacity `num_tokens`
-  always suffices (an expert is chosen at most once per token), so nothing is dropped, and
-  the smallest one that holds the fullest expert computes < sqrt(2) x its rows per expert."""
-  capacities = [min(num_tokens, max(8, math.ceil(top_k * num_tokens / num_experts)))]
+  max(min_capacity, mean rows per expert) up to `num_tokens` in steps of sqrt(2). Capacity
+  `num_tokens` always suffices (an expert is chosen at most once per token), so nothing is
+  dropped, and the smallest one that holds the fullest expert computes < sqrt(2) x its rows
+  per expert. `min_capacity` keeps the experts' GEMMs from getting too thin to pay."""
+  capacities = [min(num_tokens, max(min_capacity, math.ceil(top_k * num_tokens / num_experts)))]
   while capacities[-1] < num_tokens:
     capacities.append(min(num_tokens, math.ceil(capacities[-1] * math.sqrt(2))))
   return capacities
 
 
 def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
-          *, limit=None, run=expert_mlp, fullest=lambda n: n, num_experts: int | None = None):
+          *, limit=None, run=expert_mlp, fullest=lambda n: n, num_experts: int | None = None,
+          min_capacity: int = 8):
   """(y, dropped) through (K, C, w) slot buffers, which `run(params, buffers)` passes through
   the experts (expert parallelism wraps `expert_mlp` in all_to_all; its params hold only its
   own experts, hence `num_experts`). Dropless: C is the smallest of `dropless_capacities`
@@ -131,7 +135,7 @@ def slots(params: ExpertParams, x, expert_index, weights, valid, capacity: int |
   operands = (params, x, expert_index, weights, valid, position)
   if capacity is not None:
     return with_capacity(capacity, *operands)
-  capacities = dropless_capacities(*expert_index.shape, num_experts)
+  capacities = dropless_capacities(*expert_index.shape, num_experts, min_capacity)
   branch = jnp.searchsorted(jnp.asarray(capacities), fullest(jnp.max(count)))
   return jax.lax.switch(branch, [functools.partial(with_capacity, c) for c in capacities],
                         *operands)
@@ -247,36 +251,17 @@ def blocks(params: ExpertParams, x, expert_index, weights, valid, capacity: int 
 
 IMPLS = {"slots": slots, "blocks": blocks, "ragged_dot": ragged_dot, "cpu_kernel": cpu_kernel}
 
-# On CPU, up to this many rows per expert (top_k * tokens / K) the experts' time is spent
-# reading weights: slicing one expert's weights costs as much as its matmuls, and the batched
-# matmul over (K, C, w) slot buffers, which reads them in place, is the fastest layout.
-SMALL_ROWS_PER_EXPERT = 32
-
-
-def default_impl(expert_index: jax.Array, num_experts: int, dropless: bool,
-                 backend: str | None = None) -> str:
-  """`model.moe.dispatch = auto`. Accelerators: 'blocks' dropless, since `ragged_dot`'s
-  default lowering (CPU and GPU) is a dense dot of every row with every expert: at token
-  granularity (3072 tokens) `benchmark.py moe` counts 7.8 x the active FLOPs for
-  'ragged_dot' on CPU, 1.15 x for 'blocks'; 'slots' with a capacity (K C rows, weights read
-  in place). Small inputs (<= SMALL_ROWS_PER_EXPERT rows per expert, e.g. sample granularity)
-  take 'slots' on every backend: reading each expert's weights once dominates there, and
-  'blocks' copies them per block (CPU: 4.9 x slower than 'slots' at 32 examples; not yet
-  measured on a GPU). CPU, larger inputs: 'cpu_kernel' (with a capacity on the kept rows: it
-  computes no empty slot), the fastest there in the same benchmark."""
-  if expert_index.size / num_experts <= SMALL_ROWS_PER_EXPERT:
-    return "slots"
-  if (backend or jax.default_backend()) != "cpu":
-    return "blocks" if dropless else "slots"
-  return "cpu_kernel"
+def default_impl(expert_index: jax.Array, num_experts: int, dropless: bool) -> str:
+  """`model.moe.dispatch = auto`: the compile target's choice (`platform.moe_dispatch`)."""
+  return platform.moe_dispatch(expert_index.size, num_experts, dropless)
 
 
 def dispatch(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
-             impl: str | None = None, backend: str | None = None, limit=None):
+             impl: str | None = None, limit=None):
   """(y, dropped) on one device: at most `capacity` assignments per expert (None: dropless;
   `limit`: a run-time capacity <= capacity), through `IMPLS[impl]` (None or 'auto':
   `default_impl`)."""
   if impl in (None, "auto"):
-    impl = default_impl(expert_index, params.w1.shape[0], capacity is None, backend)
+    impl = default_impl(expert_index, params.w1.shape[0], capacity is None)
   return IMPLS[impl](params, x, expert_index, weights, valid, capacity, limit=limit)
 

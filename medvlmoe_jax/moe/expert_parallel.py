@@ -6,7 +6,8 @@ packs its tokens into (K, C, w) slot buffers (`dispatch.slots`), `all_to_all` ov
 sends each device the slots of its own experts from every device in its 'data' row, the
 local experts run, and a second `all_to_all` brings the outputs back to be combined (GShard /
 V-MoE). Dropless, C is picked at run time from the fullest expert on any device, so that all
-devices take the same branch, as all_to_all needs. With E = 1 nothing needs to move, and the
+devices take the same branch, as all_to_all needs; the smallest C is the mean assignments
+per (device, expert), so that balanced routing computes about the active rows. With E = 1 nothing needs to move, and the
 single-device dispatcher (`impl`, `model.moe.dispatch`) runs on the local tokens.
 """
 
@@ -19,6 +20,9 @@ from jax.sharding import PartitionSpec as P
 from medvlmoe_jax.moe import dispatch
 from medvlmoe_jax.moe.experts import ExpertParams, expert_mlp
 from medvlmoe_jax.sharding import AXES
+
+# The fewest rows an expert's GEMM takes in the dropless slot capacities (as on one device).
+MIN_EXPERT_ROWS = 8
 
 
 def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, valid,
@@ -56,9 +60,13 @@ def dispatch_expert_parallel(params: ExpertParams, x, expert_index, weights, val
       y, dropped = dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl,
                                      limit=limit)
     else:
+      # An expert's GEMM takes C rows from each of the n_expert devices: C from the mean
+      # assignments per (device, expert) up, so that balanced routing computes the active
+      # rows, not C = every local token (which is rows x experts, dense).
       y, dropped = dispatch.slots(params, x, expert_index, weights, valid, capacity,
                                   limit=limit, run=run, num_experts=num_experts,
-                                  fullest=lambda n: jax.lax.pmax(n, AXES))
+                                  fullest=lambda n: jax.lax.pmax(n, AXES),
+                                  min_capacity=-(-MIN_EXPERT_ROWS // n_expert))
     return y, jax.lax.psum(dropped, AXES).astype(jnp.int32)
 
   spec = P(AXES)

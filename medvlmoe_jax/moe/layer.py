@@ -13,11 +13,11 @@ from medvlmoe_jax.moe import dispatch, expert_parallel, routing
 from medvlmoe_jax.moe.experts import ExpertParams
 
 
-def make_dispatcher(capacity_factor: float | None, mesh=None, impl: str | None = None,
-                    backend: str | None = None) -> dispatch.Dispatcher:
+def make_dispatcher(capacity_factor: float | None, mesh=None,
+                    impl: str | None = None) -> dispatch.Dispatcher:
   """Expert-parallel (`shard_map` + `all_to_all`) under a mesh of more than one device, else
   `dispatch.dispatch` with the GShard capacity for the number of tokens. `impl`: one of
-  `dispatch.IMPLS` or 'auto'/None (`dispatch.default_impl`, for `backend`)."""
+  `dispatch.IMPLS` or 'auto'/None (`dispatch.default_impl`, the compile target's)."""
   if impl not in (None, "auto") and impl not in dispatch.IMPLS:
     raise ValueError(f"model.moe.dispatch={impl!r} is not 'auto' or one of "
                      f"{sorted(dispatch.IMPLS)}")
@@ -29,8 +29,7 @@ def make_dispatcher(capacity_factor: float | None, mesh=None, impl: str | None =
     num_experts, top_k = params.w1.shape[0], expert_index.shape[1]
     capacity = dispatch.compute_capacity(x.shape[0], num_experts, top_k, capacity_factor)
     limit = dispatch.capacity_limit(counted, num_experts, top_k, capacity_factor)
-    return dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl, backend,
-                             limit)
+    return dispatch.dispatch(params, x, expert_index, weights, valid, capacity, impl, limit)
   return single_device
 
 

@@ -24,7 +24,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from medvlmoe_jax import config as config_lib
-from medvlmoe_jax import sharding
+from medvlmoe_jax import platform, sharding
 from medvlmoe_jax.cli import BadInputError
 from medvlmoe_jax.data import mixture as mixture_lib
 from medvlmoe_jax.data import pipeline
@@ -183,8 +183,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str):
 
 
 def write_summary(exp: Experiment, workdir: str) -> dict:
+  c = exp.config
   summary = dict(sharding.describe(exp.mesh, exp.state.params),
-                 parameters=exp.param_counts, total_parameters=sum(exp.param_counts.values()))
+                 parameters=exp.param_counts, total_parameters=sum(exp.param_counts.values()),
+                 platform=platform.resolve(c.model, exp.mesh, c.data.batch_size,
+                                           c.data.text_max_len))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
@@ -192,6 +195,11 @@ def write_summary(exp: Experiment, workdir: str) -> dict:
           f"({summary['process_count']} processes); parameters {summary['total_parameters']:,}")
     for path, shard in summary["expert_shards"].items():
       print(f"  {path}: global {shard['global']} -> per device {shard['per_device']}")
+    choices = summary["platform"]
+    attention = ", ".join(f"{site} {impl}" for site, impl in choices["attention"].items())
+    print(f"compiled for {choices['target']['num_devices']}x {choices['target']['device_kind']} "
+          f"({choices['target']['platform']}): attention {attention}; "
+          f"MoE dispatch {choices['moe_dispatch']}")
   return summary
 
 

@@ -116,5 +116,9 @@ def test_trainer_on_a_mesh_writes_the_summary(config, tmp_path, capsys):
   assert summary["mesh"] == {"data": 2, "expert": 4} and summary["num_devices"] == 8
   assert summary["expert_shards"]["moe/w1"]["per_device"] == [2, 128, 128]
   assert summary["expert_shards"]["moe/w1"]["global"] == [8, 128, 128]
+  assert summary["platform"]["target"] == {"platform": "cpu", "device_kind": "cpu",
+                                           "num_devices": 8}
+  assert set(summary["platform"]["attention"].values()) == {"blocked"}
+  assert summary["platform"]["moe_dispatch"] == "slots (all_to_all over 'expert')"
   assert "per device [2, 128, 128]" in capsys.readouterr().out
   assert rep["mean_auc"] is not None
