@@ -37,6 +37,7 @@ _BATCH = flags.DEFINE_integer("batch", None, "moe/data: examples per batch (defa
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "moe/train compute dtype (default float32 on CPU, bfloat16 on GPU).")
 _SIZES = flags.DEFINE_list("sizes", "tiny,small,full", "train: model sizes to run.")
+_WORKERS = flags.DEFINE_list("workers", "0,2", "data: Grain worker counts of the pipeline.")
 _FULL_BATCH = flags.DEFINE_integer("full_batch", None, "train: batch of the full size "
                                    "(default 2 on CPU, 32 on GPU).")
 _SHARED = flags.DEFINE_string("shared_data", os.path.join(ROOT, "..", "shared", "data"),
@@ -83,7 +84,8 @@ def main(argv):
       results[name] = roofline.run(batch=batch, dtype=dtype, rounds=rounds(9))
       print(roofline.table(results[name]))
     elif name == "data":
-      results[name] = data.run(os.path.abspath(_SHARED.value), batch_size=batch)
+      results[name] = data.run(os.path.abspath(_SHARED.value), batch_size=batch,
+                               workers=tuple(int(w) for w in _WORKERS.value))
       print(data.table(results[name]))
     else:
       from medvlmoe_jax.benchmark import deviceless

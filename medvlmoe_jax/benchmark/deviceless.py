@@ -181,8 +181,9 @@ def compile_case(config, target: str, devices: int, step: str, batch: int | None
   config = copy.deepcopy(config)
   batch = batch or (config.data.batch_size if step == "train" else config.data.eval_batch_size)
   row = {"target": target, "devices": devices, "step": step, "dtype": config.model.dtype,
-         "batch": batch, "compiled": False, "error": None,
-         "device_memory_gb": device_memory_gb(target)}
+         "batch": batch, "compiled": False, "error": None, "peak_gb_per_device": None,
+         "device_memory_gb": device_memory_gb(target), "fits": None,
+         "fused_attention_calls": None, "all_to_all": None, "moe_dispatch": None}
   t0 = time.perf_counter()
   try:
     devs = gpu_devices(target, devices)
@@ -205,7 +206,7 @@ def compile_case(config, target: str, devices: int, step: str, batch: int | None
                attention=choices["attention"])
     row["fits"] = row["peak_gb_per_device"] <= PREALLOCATED * row["device_memory_gb"]
   except Exception as e:   # a case that does not compile is a result, not a crash
-    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
   row["compile_s"] = time.perf_counter() - t0
   return row
 
