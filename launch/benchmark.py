@@ -34,8 +34,9 @@ _SIMULATE = flags.DEFINE_integer("simulate_devices", 0, "Simulated CPU devices (
 _ROUNDS = flags.DEFINE_integer("rounds", None, "Interleaved timing rounds (default per benchmark).")
 _BATCH = flags.DEFINE_integer("batch", None, "moe/data: examples per batch (default 32); "
                               "compile: the batch of both steps (default: the config's).")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "moe/train compute dtype (default float32 on CPU, bfloat16 on GPU).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                           "moe/train compute dtype (default float32 on CPU, bfloat16 on GPU); "
+                           "compile: the model's (default: the config's; float16 for it only).")
 _SIZES = flags.DEFINE_list("sizes", "tiny,small,full", "train: model sizes to run.")
 _WORKERS = flags.DEFINE_list("workers", "0,2", "data: Grain worker counts of the pipeline.")
 _FULL_BATCH = flags.DEFINE_integer("full_batch", None, "train: batch of the full size "
@@ -63,6 +64,8 @@ def main(argv):
   from medvlmoe_jax import platform
   from medvlmoe_jax.benchmark import data, encoders, moe, roofline, train
   dtype = _DTYPE.value or ("float32" if platform.current().platform == "cpu" else "bfloat16")
+  if dtype == "float16" and argv[1] != "compile":
+    raise app.UsageError("--dtype float16 is for compile only")
   batch = _BATCH.value or 32
   rounds = lambda default: _ROUNDS.value or default
   chosen = tuple(b for b in BENCHMARKS if b != "compile") if argv[1] == "all" else (argv[1],)
@@ -91,6 +94,8 @@ def main(argv):
       from medvlmoe_jax.benchmark import deviceless
       configs = (deviceless.load_configs(_CONFIGS.value) if _CONFIGS.value else
                  deviceless.paper_configs(ROOT))
+      for c in configs.values():
+        c.model.dtype = _DTYPE.value or c.model.dtype
       cases = deviceless.DEFAULT_CASES
       if _TARGET.value:
         cases = tuple((t, _DEVICES.value or dict(cases).get(t, 8)) for t in _TARGET.value)

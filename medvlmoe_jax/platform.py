@@ -1,4 +1,5 @@
-"""Every platform-dependent choice, made from the devices a step is compiled for.
+"""Every platform-dependent choice, made from the devices a step is compiled for
+(docs/design.md §10).
 
 Steps are traced under `jax.set_mesh(mesh)` (`train.step`), and the abstract mesh carries
 the platform and device kind of its devices, compile-only ones included (a deviceless

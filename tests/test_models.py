@@ -159,9 +159,9 @@ def test_dot_product_attention_equals_blocked(mask_name):
       return f(q, k, v), grads
 
   (out, grads), (ref, ref_grads) = run("xla"), run("blocked")
-  np.testing.assert_allclose(out, ref, atol=1e-6)
-  for g, r in zip(grads, ref_grads):
-    np.testing.assert_allclose(g, r, atol=1e-6)
+  np.testing.assert_allclose(out, ref, atol=float32_atol(ref, 6))
+  for g, r in zip(grads, ref_grads):   # 6 keys per softmax, 6 queries per key gradient
+    np.testing.assert_allclose(g, r, atol=float32_atol(r, 6))
 
 
 # The longest reduction in the tiny model's forward and backward: the MoE's 128-wide hidden

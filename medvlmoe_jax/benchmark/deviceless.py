@@ -38,8 +38,9 @@ TARGETS = tuple(sorted(n.removesuffix(".txtpb") for n in os.listdir(TARGET_DIR)
 DEFAULT_CASES = (("a100_80gb", 8), ("h100_sxm", 8), ("h200", 1))
 # JAX reserves this share of a GPU's memory at start (XLA_PYTHON_CLIENT_MEM_FRACTION).
 PREALLOCATED = 0.75
-# XLA's Triton GEMM autotuning needs a GPU; cuBLAS GEMMs compile without one.
-XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"
+# XLA's Triton GEMM autotuning needs a GPU; cuBLAS GEMMs compile without one. Passed per
+# compile (XLA_FLAGS would be read only when the process's first backend starts).
+COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 SITES = ("vision_self", "text_causal", "fusion_vision_from_text", "fusion_text_from_vision")
 
 
@@ -70,7 +71,6 @@ def gpu_devices(name: str, count: int):
   from jax.experimental import topologies
   if jax.config.jax_platforms != "cpu":
     raise RuntimeError("a deviceless GPU compile needs JAX_PLATFORMS=cpu set before JAX starts")
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip()
   try:
     topology = topologies.get_topology_desc(platform="cuda", target_config=target_config(name),
                                             topology=f"1x1x{count}")
@@ -194,7 +194,7 @@ def compile_case(config, target: str, devices: int, step: str, batch: int | None
     fn, args = (train, (state, abstract)) if step == "train" else (evaluate,
                                                                     (state.params, abstract))
     with target_cudnn(target), jax.set_mesh(mesh):
-      compiled = fn.__wrapped__.trace(*args).lower().compile()
+      compiled = fn.__wrapped__.trace(*args).lower().compile(COMPILER_OPTIONS)
     hlo = compiled.as_text()
     row.update(memory_of(compiled), compiled=True,
                fused_attention_calls=fused_attention_calls(hlo),
