@@ -248,7 +248,23 @@ def run(configs: dict, cases=DEFAULT_CASES, steps=("train", "eval"),
         row = dict(config=name, **compile_case(config, target, devices, step, batch))
         progress(line(row))
         rows.append(row)
-  return {"cases": rows, "jax": jax.__version__}
+  return {"cases": rows, **provenance()}
+
+
+def provenance() -> dict:
+  """The commit, JAX and the host CPU a table was made with."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit = None
+  cpu = None
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+  return {"commit": commit, "jax": jax.__version__, "host_cpu": cpu, "host_cores": os.cpu_count()}
 
 
 def line(row: dict) -> str:
