@@ -92,8 +92,8 @@ def main(argv):
       print(data.table(results[name]))
     else:
       from medvlmoe_jax.benchmark import deviceless
-      configs = (deviceless.load_configs(_CONFIGS.value) if _CONFIGS.value else
-                 deviceless.paper_configs(ROOT))
+      configs = ({spec: deviceless.load_config(spec) for spec in _CONFIGS.value}
+                 if _CONFIGS.value else deviceless.paper_configs(ROOT))
       for c in configs.values():
         c.model.dtype = _DTYPE.value or c.model.dtype
       cases = deviceless.DEFAULT_CASES

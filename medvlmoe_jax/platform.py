@@ -144,9 +144,9 @@ def moe_dispatch(assignments: int, num_experts: int, dropless: bool,
 # --- the resolved choices of a run ----------------------------------------------------
 
 def attention_sites(model_cfg) -> dict:
-  """(dtype, head_dim) of each attention site the model config has."""
+  """The head width of each attention site the model config has."""
   sites = {"vision_self": model_cfg.vision.width // model_cfg.vision.heads}
-  if model_cfg.text.enabled and not model_cfg.get("vision_only", False):
+  if model_cfg.text.enabled and not model_cfg.vision_only:
     sites["text_causal"] = model_cfg.text.width // model_cfg.text.heads
     if model_cfg.fusion.enabled:
       head_dim = model_cfg.fusion.dim // model_cfg.fusion.heads
@@ -170,7 +170,7 @@ def resolve(model_cfg, mesh, batch_size: int, text_len: int) -> dict:
     if moe.granularity == "token":   # every fused token: vision tokens + text positions
       scales = max(1, len(model_cfg.vision.get("feature_layers", ())))
       patches = (model_cfg.vision.image_size // model_cfg.vision.patch_size) ** 2
-      per_device *= scales * (patches + 1) + text_len
+      per_device *= scales * (patches + 1) + (text_len if model_cfg.text.enabled else 0)
     dispatch = ("slots (all_to_all over 'expert')" if expert_axis > 1 else
                 moe_dispatch(per_device * moe.top_k, moe.num_experts,
                              moe.get("capacity_factor") is None, target))

@@ -66,8 +66,8 @@ def test_small_model_compiles_with_fused_attention_everywhere(dtype, text_len, f
                                                               step):
   """bf16 and fp16 (dynamic loss scaling), 65 vision tokens, an odd text length and two
   visual scales: cuDNN fused attention at all four sites, all_to_all over 'expert'."""
-  row = deviceless.compile_case(small_config(dtype, text_len, feature_layers), "h100_sxm", 8,
-                                step)
+  row, = deviceless.compile_steps(small_config(dtype, text_len, feature_layers), "h100_sxm", 8,
+                                  (step,))
   assert row["compiled"], row["error"]
   assert all(row["fused_attention_calls"][s] > 0 for s in SITES), row["fused_attention_calls"]
   assert row["fused_attention_calls"].get("unknown", 0) == 0
@@ -78,7 +78,7 @@ def test_unfused_dtype_falls_back_and_says_why(caplog):
   """float32 on a GPU: XLA's attention, one log line per site naming the reason."""
   platform._logged.clear()
   with caplog.at_level("WARNING", logger="medvlmoe_jax.platform"):
-    row = deviceless.compile_case(small_config("float32"), "h100_sxm", 8, "eval")
+    row, = deviceless.compile_steps(small_config("float32"), "h100_sxm", 8, ("eval",))
   assert row["compiled"], row["error"]
   assert sum(row["fused_attention_calls"].values()) == 0
   lines = [r.getMessage() for r in caplog.records]
@@ -97,7 +97,7 @@ def test_paper_recipe_compiles_and_fits_on_8_h100(step):
   sys.path.insert(0, ROOT)
   from configs import chestxray14
   c = chestxray14.get_config()
-  row = deviceless.compile_case(c, "h100_sxm", 8, step)
+  row, = deviceless.compile_steps(c, "h100_sxm", 8, (step,))
   assert row["compiled"], row["error"]
   assert row["fits"] and row["peak_gb_per_device"] < 0.75 * 80
   passes = 3 if step == "train" else 1    # forward, its remat recomputation, backward

@@ -14,7 +14,7 @@ from flax import nnx
 
 from medvlmoe_jax import config as config_lib
 from medvlmoe_jax.benchmark import encoders, flops
-from medvlmoe_jax.models.layers import force_attention
+from medvlmoe_jax.platform import force_attention
 from medvlmoe_jax.models.medvlmoe import build_model
 
 _INSTRUCTION = re.compile(

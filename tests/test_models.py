@@ -146,7 +146,8 @@ def attention_masks(rng, batch, lq, lk):
 def test_dot_product_attention_equals_blocked(mask_name):
   """`jax.nn.dot_product_attention` (the accelerators' path, forced here on the CPU) gives
   the CPU's blocked attention's values and gradients on (B, L, heads, head_dim) inputs."""
-  from medvlmoe_jax.models.layers import attend, force_attention
+  from medvlmoe_jax.models.layers import attend
+  from medvlmoe_jax.platform import force_attention
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(4, 6, 2, 8)), jnp.float32) for _ in range(3))
   mask = attention_masks(rng, 4, 6, 6)[mask_name]
@@ -174,7 +175,7 @@ def test_model_with_dot_product_attention_equals_blocked():
   """The whole model (ViT self-attention, BioGPT causal + padding, the fusion's key padding)
   gives the same logits and gradients through either attention path, float32."""
   from flax import nnx
-  from medvlmoe_jax.models.layers import force_attention
+  from medvlmoe_jax.platform import force_attention
   graphdef, params = nnx.split(build_model(tiny_model_config()), nnx.Param)
   image, ids, mask = inputs()
 

@@ -85,8 +85,8 @@ def target_cudnn(name: str):
   """JAX asks the host's cuDNN library for its version while tracing cuDNN attention; in a
   deviceless compile the version is the target's (there is no library to ask)."""
   from jax._src.cudnn import fused_attention_stablehlo as fused
-  original = fused.check_cudnn_version
-  fused.check_cudnn_version = lambda: cudnn_version(name)
+  original, version = fused.check_cudnn_version, cudnn_version(name)
+  fused.check_cudnn_version = lambda: version
   try:
     yield
   finally:
@@ -136,11 +136,14 @@ def abstract_steps(config, devices):
 
 
 def memory_of(compiled) -> dict:
+  """XLA's buffer assignment per device: peak = arguments + outputs + temporaries - aliases
+  (the donated state is aliased to the new one, so it counts once)."""
   m = compiled.memory_analysis()
-  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes)
-  return {"peak_gb_per_device": peak / GB, "arguments_gb": m.argument_size_in_bytes / GB,
-          "temporaries_gb": m.temp_size_in_bytes / GB}
+  out = {"arguments_gb": m.argument_size_in_bytes / GB, "outputs_gb": m.output_size_in_bytes / GB,
+         "temporaries_gb": m.temp_size_in_bytes / GB, "aliases_gb": m.alias_size_in_bytes / GB}
+  out["peak_gb"] = (out["arguments_gb"] + out["outputs_gb"] + out["temporaries_gb"]
+                    - out["aliases_gb"])
+  return out
 
 
 def fused_attention_calls(hlo: str) -> dict:
@@ -175,66 +178,68 @@ def expert_gemm_rows(hlo: str, hidden: int, width: int) -> list[int]:
   return sorted(rows)
 
 
-def compile_case(config, target: str, devices: int, step: str, batch: int | None = None) -> dict:
-  """Compile `step` ('train' | 'eval') of `config` for `devices` x `target`: the case's row
-  of `benchmark.py compile`."""
+def compile_steps(config, target: str, devices: int, steps=("train", "eval"),
+                  batch: int | None = None) -> list[dict]:
+  """Compile `steps` ('train', 'eval') of `config` for `devices` x `target`, from one
+  abstract model and state: a row of `benchmark.py compile` per step."""
   config = copy.deepcopy(config)
-  batch = batch or (config.data.batch_size if step == "train" else config.data.eval_batch_size)
-  row = {"target": target, "devices": devices, "step": step, "dtype": config.model.dtype,
-         "batch": batch, "compiled": False, "error": None, "peak_gb_per_device": None,
-         "device_memory_gb": device_memory_gb(target), "fits": None,
-         "fused_attention_calls": None, "all_to_all": None, "moe_dispatch": None}
-  t0 = time.perf_counter()
-  try:
-    devs = gpu_devices(target, devices)
-    train, evaluate, state, mesh = abstract_steps(config, devs)
-    sharding.check_batch(batch, mesh, "batch")
-    abstract = abstract_batch(config, batch, mesh, step == "eval")
-    choices = platform.resolve(config.model, mesh, batch, config.data.text_max_len)
-    fn, args = (train, (state, abstract)) if step == "train" else (evaluate,
-                                                                    (state.params, abstract))
-    with target_cudnn(target), jax.set_mesh(mesh):
-      compiled = fn.__wrapped__.trace(*args).lower().compile(COMPILER_OPTIONS)
-    hlo = compiled.as_text()
-    row.update(memory_of(compiled), compiled=True,
-               fused_attention_calls=fused_attention_calls(hlo),
-               attention_sites=sorted(platform.attention_sites(config.model)),
-               all_to_all=all_to_all_count(hlo), moe_dispatch=choices["moe_dispatch"],
-               expert_gemm_rows=expert_gemm_rows(
-                   hlo, config.model.moe.hidden,
-                   config.model.fusion.dim * (2 if config.model.moe.granularity == "sample" else 1)),
-               attention=choices["attention"])
-    row["fits"] = row["peak_gb_per_device"] <= PREALLOCATED * row["device_memory_gb"]
-  except Exception as e:   # a case that does not compile is a result, not a crash
-    row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
-  row["compile_s"] = time.perf_counter() - t0
-  return row
+  rows, built = [], None
+  for step in steps:
+    step_batch = batch or (config.data.batch_size if step == "train" else
+                           config.data.eval_batch_size)
+    row = {"target": target, "devices": devices, "step": step, "dtype": config.model.dtype,
+           "batch": step_batch, "compiled": False, "error": None, "peak_gb_per_device": None,
+           "device_memory_gb": device_memory_gb(target), "fits": None,
+           "fused_attention_calls": None, "all_to_all": None, "moe_dispatch": None}
+    t0 = time.perf_counter()
+    try:
+      built = built or abstract_steps(config, gpu_devices(target, devices))
+      train, evaluate, state, mesh = built
+      sharding.check_batch(step_batch, mesh, "batch")
+      abstract = abstract_batch(config, step_batch, mesh, step == "eval")
+      choices = platform.resolve(config.model, mesh, step_batch, config.data.text_max_len)
+      fn, args = ((train, (state, abstract)) if step == "train" else
+                  (evaluate, (state.params, abstract)))
+      with target_cudnn(target), jax.set_mesh(mesh):
+        compiled = fn.__wrapped__.trace(*args).lower().compile(COMPILER_OPTIONS)
+      hlo = compiled.as_text()
+      moe = config.model.moe
+      width = config.model.fusion.dim * (2 if moe.granularity == "sample" else 1)
+      memory = memory_of(compiled)
+      row.update(compiled=True, peak_gb_per_device=memory["peak_gb"],
+                 arguments_gb=memory["arguments_gb"], temporaries_gb=memory["temporaries_gb"],
+                 fused_attention_calls=fused_attention_calls(hlo),
+                 attention_sites=sorted(platform.attention_sites(config.model)),
+                 all_to_all=all_to_all_count(hlo), moe_dispatch=choices["moe_dispatch"],
+                 expert_gemm_rows=expert_gemm_rows(hlo, moe.hidden, width),
+                 attention=choices["attention"])
+      row["fits"] = row["peak_gb_per_device"] <= PREALLOCATED * row["device_memory_gb"]
+    except Exception as e:   # a case that does not compile is a result, not a crash
+      row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+    row["compile_s"] = time.perf_counter() - t0
+    rows.append(row)
+  return rows
 
 
-def load_configs(specs) -> dict:
-  """`FILE[:ARG]` config files (as train.py's --config takes them), by spec."""
+def load_config(spec: str):
+  """A `FILE[:ARG]` config file's config, as train.py's --config takes it."""
   import importlib.util
-  out = {}
-  for spec_str in specs:
-    path, _, arg = spec_str.partition(":")
-    spec = importlib.util.spec_from_file_location("_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out[spec_str] = module.get_config(arg) if arg else module.get_config()
-  return out
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def paper_configs(root: str) -> dict:
   """Every config file of `root/configs` that follows the paper's recipe (ViT-L/14 +
-  BioGPT), by file name."""
+  BioGPT on a prepared dataset), by file name."""
   out = {}
   folder = os.path.join(root, "configs")
-  for name in sorted(os.listdir(folder)):
-    if not name.endswith(".py") or name.startswith("_"):
-      continue
-    c = load_configs([os.path.join(folder, name)])[os.path.join(folder, name)]
-    if c.data.name == "tfds" and not c.data.mixture and c.model.vision.width == 1024 and \
-        c.model.text.width == 1024:
+  for name in sorted(n for n in os.listdir(folder) if n.endswith(".py") and n[0] != "_"):
+    c = load_config(os.path.join(folder, name))
+    if (c.data.name == "tfds" and not c.data.mixture and c.model.vision.width == 1024
+        and c.model.text.width == 1024):
       out[f"configs/{name}"] = c
   return out
 
@@ -244,10 +249,9 @@ def run(configs: dict, cases=DEFAULT_CASES, steps=("train", "eval"),
   rows = []
   for name, config in configs.items():
     for target, devices in cases:
-      for step in steps:
-        row = dict(config=name, **compile_case(config, target, devices, step, batch))
-        progress(line(row))
-        rows.append(row)
+      for row in compile_steps(config, target, devices, steps, batch):
+        rows.append(dict(config=name, **row))
+        progress(line(rows[-1]))
   return {"cases": rows, **provenance()}
 
 

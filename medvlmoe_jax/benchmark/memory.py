@@ -17,7 +17,7 @@ CPU compile reports the same peak for every `model.remat`. `main` therefore comp
 the barrier expansion disabled (`REMAT_XLA_FLAGS`), as an accelerator's compiler keeps them.
 
 `--time_attention` times the attention implementations instead, at full size on this backend
-(the measurement behind `models.layers.attention_implementation`'s CPU choice).
+(the measurement behind `platform.attention`'s CPU choice).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import numpy as np
 from medvlmoe_jax import platform
 from medvlmoe_jax.benchmark import deviceless
 
-GB = 1e9
 # Keeps remat's optimization barriers through XLA:CPU's CSE (see the module docstring).
 REMAT_XLA_FLAGS = "--xla_disable_hlo_passes=cse_barrier_expander"
 
@@ -62,23 +61,13 @@ def abstract_step(config):
   return step, state, deviceless.abstract_batch(config, config.data.batch_size, mesh, False), mesh
 
 
-def memory_of(compiled) -> dict:
-  m = compiled.memory_analysis()
-  out = {"arguments_gb": m.argument_size_in_bytes / GB, "outputs_gb": m.output_size_in_bytes / GB,
-         "temporaries_gb": m.temp_size_in_bytes / GB, "aliases_gb": m.alias_size_in_bytes / GB}
-  out["peak_gb"] = (out["arguments_gb"] + out["outputs_gb"] + out["temporaries_gb"]
-                    - out["aliases_gb"])
-  return out
-
-
 def measure(config, attention: str | None = None) -> dict:
   """Lower and compile the train step for the default backend: its memory analysis and the
   lower / compile times (on a CPU, `model.remat` shows only under `REMAT_XLA_FLAGS`).
-  `attention` forces an attention implementation (`models.layers.force_attention`), e.g.
+  `attention` forces an attention implementation (`platform.force_attention`), e.g.
   'xla' for the accelerators' path on a CPU."""
-  from medvlmoe_jax.models import layers
   step, state, batch, mesh = abstract_step(config)
-  forced = layers.force_attention(attention) if attention else contextlib.nullcontext()
+  forced = platform.force_attention(attention) if attention else contextlib.nullcontext()
   with forced, jax.set_mesh(mesh):
     t0 = time.perf_counter()
     lowered = step.__wrapped__.lower(state, batch)
@@ -87,7 +76,7 @@ def measure(config, attention: str | None = None) -> dict:
     t2 = time.perf_counter()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  return dict(memory_of(compiled), lower_s=t1 - t0, compile_s=t2 - t1,
+  return dict(deviceless.memory_of(compiled), lower_s=t1 - t0, compile_s=t2 - t1,
               gflop=float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan"),
               batch=config.data.batch_size, dtype=config.model.dtype,
               remat=config.model.get("remat"), attention=attention or "default",
@@ -119,7 +108,7 @@ def time_attention(batch: int = 2, dtype: str = "float32", rounds: int = 7) -> l
       fwd = lambda q, k, v: layers.attend(q, k, v, mask)
       train = jax.grad(lambda q, k, v, f=fwd: jnp.sum(f(q, k, v).astype(jnp.float32) ** 2),
                        argnums=(0, 1, 2))
-      with layers.force_attention(impl):
+      with platform.force_attention(impl):
         for mode, f in (("forward", fwd), ("train", train)):
           compiled = jax.jit(f).lower(q, k, v).compile()
           fns[f"{impl}/{mode}"] = lambda c=compiled: c(q, k, v)

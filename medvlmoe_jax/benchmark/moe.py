@@ -88,7 +88,7 @@ def run(batch: int = 32, dim: int = 512, hidden: int = 2048, num_experts: int = 
     tokens, width = _shapes(granularity, batch, dim, tokens_per_example)
     x = jnp.asarray(rng.normal(size=(tokens, width)), compute)
     valid = jnp.ones((tokens,), bool)
-    auto = dispatch.default_impl(jnp.zeros((tokens, top_k)), num_experts, True)
+    auto = platform.moe_dispatch(tokens * top_k, num_experts, True)
     for mesh_name, mesh in meshes.items():
       layers = {"dense": DenseFFN(width, top_k * hidden, dtype=compute, rngs=nnx.Rngs(0)),
                 "moe_capacity_1.25": moe(width, capacity_factor=1.25)}

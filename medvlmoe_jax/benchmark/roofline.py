@@ -69,7 +69,7 @@ def routing_summary(layer: SparseMoE, x: jax.Array) -> dict:
   valid = jnp.ones(x.shape[0], bool)
   _, count = dispatch.expert_positions(expert_index, valid, layer.num_experts)
   count = np.asarray(count)
-  impl = dispatch.default_impl(expert_index, layer.num_experts, dropless=True)
+  impl = platform.moe_dispatch(expert_index.size, layer.num_experts, dropless=True)
   out = {"impl": impl, "experts_hit": int(np.sum(count > 0)), "rows_per_expert": count.tolist(),
          "rows_needed": int(count.sum())}
   if impl == "slots":

@@ -57,11 +57,6 @@ def blocked_attention(q, k, v, mask, chunk_bytes: int | None = None):
   return out.reshape(q.shape[:3] + (v.shape[-1],))
 
 
-# Kept for the callers that force an implementation (tests, benchmarks).
-ATTENTION_IMPLEMENTATIONS = platform.ATTENTION_IMPLEMENTATIONS
-force_attention = platform.force_attention
-
-
 def full_mask(q_len: int, k_len: int, mask=None, key_mask=None, causal: bool = False):
   """One boolean mask (broadcastable to (B, heads, Lq, Lk)) from a general `mask`, a key
   padding mask (B, Lk) and causality; None if nothing is masked."""
@@ -118,11 +113,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = No
   one keeps logits and softmax in float32, and a query row with every key masked attends
   uniformly (cuDNN: to its first key, `fused_attention`). `site` names the call in the HLO
   (`jax.named_scope`) and in a fallback's log line."""
-  impl, reason = platform.attention(q.dtype, q.shape[-1])
+  target = platform.current()
+  impl, reason = platform.attention(q.dtype, q.shape[-1], target)
   with jax.named_scope(site):
     if impl == "cudnn":
       return fused_attention(q, k, v, mask, key_mask, causal)
-    if platform.current().platform == "gpu":
+    if target.platform == "gpu":
       platform.log_fallback(site, impl, reason)
     mask = full_mask(q.shape[1], k.shape[1], mask, key_mask, causal)
     if impl == "blocked":

@@ -251,17 +251,12 @@ def blocks(params: ExpertParams, x, expert_index, weights, valid, capacity: int 
 
 IMPLS = {"slots": slots, "blocks": blocks, "ragged_dot": ragged_dot, "cpu_kernel": cpu_kernel}
 
-def default_impl(expert_index: jax.Array, num_experts: int, dropless: bool) -> str:
-  """`model.moe.dispatch = auto`: the compile target's choice (`platform.moe_dispatch`)."""
-  return platform.moe_dispatch(expert_index.size, num_experts, dropless)
-
-
 def dispatch(params: ExpertParams, x, expert_index, weights, valid, capacity: int | None = None,
              impl: str | None = None, limit=None):
   """(y, dropped) on one device: at most `capacity` assignments per expert (None: dropless;
-  `limit`: a run-time capacity <= capacity), through `IMPLS[impl]` (None or 'auto':
-  `default_impl`)."""
+  `limit`: a run-time capacity <= capacity), through `IMPLS[impl]` (None or 'auto': the
+  compile target's, `platform.moe_dispatch`)."""
   if impl in (None, "auto"):
-    impl = default_impl(expert_index, params.w1.shape[0], capacity is None)
+    impl = platform.moe_dispatch(expert_index.size, params.w1.shape[0], capacity is None)
   return IMPLS[impl](params, x, expert_index, weights, valid, capacity, limit=limit)
 

@@ -7,8 +7,9 @@ sends each device the slots of its own experts from every device in its 'data' r
 local experts run, and a second `all_to_all` brings the outputs back to be combined (GShard /
 V-MoE). Dropless, C is picked at run time from the fullest expert on any device, so that all
 devices take the same branch, as all_to_all needs; the smallest C is the mean assignments
-per (device, expert), so that balanced routing computes about the active rows. With E = 1 nothing needs to move, and the
-single-device dispatcher (`impl`, `model.moe.dispatch`) runs on the local tokens.
+per (device, expert), so that balanced routing computes about the active rows. With E = 1
+nothing needs to move, and the single-device dispatcher (`impl`, `model.moe.dispatch`) runs
+on the local tokens.
 """
 
 from __future__ import annotations

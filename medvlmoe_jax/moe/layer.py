@@ -17,7 +17,7 @@ def make_dispatcher(capacity_factor: float | None, mesh=None,
                     impl: str | None = None) -> dispatch.Dispatcher:
   """Expert-parallel (`shard_map` + `all_to_all`) under a mesh of more than one device, else
   `dispatch.dispatch` with the GShard capacity for the number of tokens. `impl`: one of
-  `dispatch.IMPLS` or 'auto'/None (`dispatch.default_impl`, the compile target's)."""
+  `dispatch.IMPLS` or 'auto'/None (the compile target's, `platform.moe_dispatch`)."""
   if impl not in (None, "auto") and impl not in dispatch.IMPLS:
     raise ValueError(f"model.moe.dispatch={impl!r} is not 'auto' or one of "
                      f"{sorted(dispatch.IMPLS)}")
